@@ -1,0 +1,45 @@
+# The two commands of README.md: `make run` and `make test`. Both install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint unit services services-down bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/saga simulate workflows/order-fulfillment.yaml
+	$(BIN)/saga simulate workflows/order-fulfillment.yaml --fail process-payment:FAILED_PRECONDITION
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+services:
+	bash scripts/services.sh up
+
+services-down:
+	bash scripts/services.sh down
+
+# Lint, then every test tier. Services (PostgreSQL, Kafka) are started by scripts/services.sh;
+# under CI=true a missing service fails the run instead of skipping its tests.
+test: $(STAMP)
+	$(MAKE) --no-print-directory lint
+	bash scripts/services.sh up
+	set -a; [ -f .services/env ] && . .services/env; set +a; \
+	  $(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+clean:
+	rm -rf $(VENV) .services build *.egg-info

@@ -1,0 +1,383 @@
+"""The saga state machine: `decide(state, workflow, event) -> Decision(state, effects)`.
+
+Rules of this file (after h11's `_state.py`):
+
+- Everything that decides what a saga does next lives here: which step runs, when to retry and
+  after how long, what to compensate and in which order, what to log, what to publish.
+- It is pure. It never reads the clock, makes a random number, sleeps or touches a socket, file,
+  thread, environment variable or logger. Times, jitter and outcomes come in with the event; ids
+  are derived from the saga id (`saga.model.step_log_id`, `saga.model.event_id`).
+- An event that is illegal in the saga's current phase raises `IllegalEvent` and changes nothing
+  (every value is frozen, so there is nothing to roll back).
+
+Theory of operation. A saga is, at any time, in one of four phases:
+
+    idle     at a step boundary, nothing in flight; the executor sends `Resume`
+    calling  one participant call in flight; the executor sends `StepSucceeded`/`StepFailed`
+    waiting  a retry is scheduled; the executor sends `RetryDue`
+    ended    a terminal status; nothing is legal any more
+
+The executor carries out the effects of a decision in order (`Commit` before `CallParticipant`),
+then looks at the new state's phase to know which event it owes next. Only `Commit.state` is ever
+stored, and it is always idle or ended: a recovered saga is loaded idle and resumed, which is the
+same path as a fresh one. A forward step ends at a commit followed by `Resume`, which is where a
+stored cancel request is seen (SPEC §8: at the next step boundary).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from attrs import evolve, frozen
+
+from saga.errors import IllegalEvent
+from saga.events import (
+    CallParticipant,
+    Commit,
+    Effect,
+    Event,
+    Resume,
+    RetryDue,
+    ScheduleRetry,
+    StepFailed,
+    StepSucceeded,
+)
+from saga.model import (
+    Action,
+    Backoff,
+    Compensation,
+    EventType,
+    InFlight,
+    RetryPolicy,
+    SagaEvent,
+    SagaState,
+    SagaStatus,
+    StepLog,
+    StepStatus,
+    Workflow,
+    event_id,
+    idempotency_key,
+    step_log_id,
+)
+
+IDLE = "idle"
+CALLING = "calling"
+WAITING = "waiting"
+ENDED = "ended"
+
+
+@frozen
+class Decision:
+    state: SagaState
+    effects: tuple[Effect, ...]
+
+
+def phase(state: SagaState) -> str:
+    """Which of the four phases the saga is in (see the module docstring)."""
+    if state.terminal:
+        return ENDED
+    if state.in_flight is None:
+        return IDLE
+    return WAITING if state.in_flight.waiting_retry else CALLING
+
+
+def retry_delay_ms(policy: RetryPolicy, retry_index: int, jitter: float = 0.0) -> int:
+    """Delay before retry number `retry_index` (0 for the first retry), per SPEC §2.
+
+    `initial * 2^n` (exponential) or `initial` (fixed); with `jitter` on, scaled by
+    `1 + 0.2 * jitter` for `jitter` in [-1, 1]; then capped by `max_interval_ms`.
+    """
+    if policy.backoff is Backoff.EXPONENTIAL:
+        base: float = policy.initial_interval_ms * (2**retry_index)
+    else:
+        base = policy.initial_interval_ms
+    if policy.jitter:
+        base = base * (1.0 + 0.2 * max(-1.0, min(1.0, jitter)))
+    if policy.max_interval_ms is not None:
+        base = min(base, policy.max_interval_ms)
+    return int(round(base))
+
+
+def decide(state: SagaState, workflow: Workflow, event: Event) -> Decision:
+    """The next state of a saga and the effects to carry out, given one event."""
+    if (state.workflow_name, state.workflow_version) != (workflow.name, workflow.version):
+        raise ValueError(
+            f"saga {state.saga_id} runs {state.workflow_name} v{state.workflow_version}, "
+            f"not {workflow.name} v{workflow.version}"
+        )
+    handler = _TRANSITIONS.get((phase(state), type(event)))
+    if handler is None:
+        raise IllegalEvent(
+            f"{event.tag} is not legal for saga {state.saga_id} "
+            f"in status {state.status.value} ({phase(state)})"
+        )
+    return handler(state, workflow, event)
+
+
+# ---------------------------------------------------------------- handlers
+
+
+def _on_resume(state: SagaState, wf: Workflow, event: Any) -> Decision:
+    assert isinstance(event, Resume)
+    at = event.at
+    if state.status is SagaStatus.STARTED:
+        if event.cancel_requested:
+            ended = _stamp(state, at, status=SagaStatus.CANCELLED)
+            return Decision(ended, (Commit(ended, (), (_event(ended, EventType.SAGA_CANCELLED),)),))
+        running = _stamp(state, at, status=SagaStatus.RUNNING)
+        commit = Commit(running, (), (_event(running, EventType.SAGA_RUNNING),))
+        return _call(running, wf, Action.EXECUTE, running.current_step, 1, at, (commit,))
+    if state.status is SagaStatus.RUNNING:
+        if event.cancel_requested:
+            return _start_compensation(state, wf, at, cancelled=True, cause=None, logs=())
+        if state.current_step >= len(wf.steps):
+            # Only reachable from a state written by hand: finish it rather than loop.
+            return _complete(state, at, logs=())
+        return _call(state, wf, Action.EXECUTE, state.current_step, 1, at, ())
+    # COMPENSATING: a stored cancel flag changes nothing any more.
+    return _compensate_next(state, wf, at, logs=(), events=())
+
+
+def _on_step_succeeded(state: SagaState, wf: Workflow, event: Any) -> Decision:
+    assert isinstance(event, StepSucceeded) and state.in_flight is not None
+    flight = state.in_flight
+    step = wf.steps[flight.step_index]
+    log = _log(state, step.name, flight, StepStatus.SUCCESS, event.at, dict(event.response), None)
+    if flight.action is Action.EXECUTE:
+        advanced = evolve(state, current_step=flight.step_index + 1, in_flight=None)
+        if advanced.current_step >= len(wf.steps):
+            return _complete(advanced, event.at, logs=(log,))
+        advanced = _stamp(advanced, event.at)
+        return Decision(advanced, (Commit(advanced, (log,), ()),))
+    return _compensate_next(_pop_pending(state), wf, event.at, logs=(log,), events=())
+
+
+def _on_step_failed(state: SagaState, wf: Workflow, event: Any) -> Decision:
+    assert isinstance(event, StepFailed) and state.in_flight is not None
+    flight = state.in_flight
+    step = wf.steps[flight.step_index]
+    policy = step.retry
+    retryable = (
+        not event.permanent
+        and event.code not in policy.non_retryable_codes
+        and flight.attempt < policy.max_attempts
+    )
+    if retryable:
+        delay = retry_delay_ms(policy, flight.attempt - 1, event.jitter)
+        waiting = evolve(state, in_flight=evolve(flight, waiting_retry=True))
+        retry = ScheduleRetry(
+            saga_id=state.saga_id,
+            step_index=flight.step_index,
+            action=flight.action,
+            next_attempt=flight.attempt + 1,
+            delay_ms=delay,
+        )
+        return Decision(waiting, (retry,))
+
+    if event.timed_out:
+        status, error = StepStatus.TIMEOUT, f"step timed out after {step.timeout_secs:g}s"
+    else:
+        status, error = StepStatus.FAILED, f"{event.code}: {event.message}"
+    if flight.attempt > 1:
+        error += f" (attempt {flight.attempt} of {policy.max_attempts})"
+    log = _log(state, step.name, flight, status, event.at, None, error)
+    if flight.action is Action.EXECUTE:
+        cleared = evolve(state, in_flight=None)
+        cause = f"step {step.name} failed: {error}"
+        return _start_compensation(cleared, wf, event.at, cancelled=False, cause=cause, logs=(log,))
+    popped = _pop_pending(state)
+    assert popped.compensation is not None
+    failures = (*popped.compensation.failures, f"{step.name} ({error})")
+    popped = evolve(popped, compensation=evolve(popped.compensation, failures=failures))
+    return _compensate_next(popped, wf, event.at, logs=(log,), events=())
+
+
+def _on_retry_due(state: SagaState, wf: Workflow, event: Any) -> Decision:
+    assert isinstance(event, RetryDue) and state.in_flight is not None
+    flight = state.in_flight
+    return _call(
+        evolve(state, in_flight=None),
+        wf,
+        flight.action,
+        flight.step_index,
+        flight.attempt + 1,
+        flight.started_at,
+        (),
+    )
+
+
+_Handler = Callable[[SagaState, Workflow, Any], Decision]
+_TRANSITIONS: dict[tuple[str, type], _Handler] = {
+    (IDLE, Resume): _on_resume,
+    (CALLING, StepSucceeded): _on_step_succeeded,
+    (CALLING, StepFailed): _on_step_failed,
+    (WAITING, RetryDue): _on_retry_due,
+}
+
+# ---------------------------------------------------------------- building blocks
+
+
+def _start_compensation(
+    state: SagaState,
+    wf: Workflow,
+    at: datetime,
+    *,
+    cancelled: bool,
+    cause: str | None,
+    logs: tuple[StepLog, ...],
+) -> Decision:
+    """Enter COMPENSATING with every completed step pending, newest first."""
+    comp = Compensation(
+        cancelled=cancelled,
+        cause=cause,
+        pending=tuple(reversed(range(state.current_step))),
+    )
+    compensating = _stamp(
+        state, at, status=SagaStatus.COMPENSATING, compensation=comp, error_message=cause
+    )
+    events = (_event(compensating, EventType.SAGA_COMPENSATING),)
+    return _compensate_next(compensating, wf, at, logs=logs, events=events)
+
+
+def _compensate_next(
+    state: SagaState,
+    wf: Workflow,
+    at: datetime,
+    *,
+    logs: tuple[StepLog, ...],
+    events: tuple[SagaEvent, ...],
+) -> Decision:
+    """Skip steps without a compensate method, then call the next compensation or finish."""
+    comp = state.compensation
+    assert comp is not None
+    pending = comp.pending
+    skipped: list[StepLog] = []
+    while pending and wf.steps[pending[0]].compensate is None:
+        index = pending[0]
+        skipped.append(
+            StepLog(
+                id=step_log_id(state.saga_id, index, Action.COMPENSATE),
+                saga_id=state.saga_id,
+                step_index=index,
+                step_name=wf.steps[index].name,
+                action=Action.COMPENSATE,
+                status=StepStatus.SKIPPED,
+                request_payload=None,
+                response_payload=None,
+                error_message=None,
+                started_at=at,
+                completed_at=at,
+            )
+        )
+        pending = pending[1:]
+    state = _stamp(state, at, compensation=evolve(comp, pending=pending), in_flight=None)
+    logs = (*logs, *skipped)
+    if pending:
+        effects: tuple[Effect, ...] = (Commit(state, logs, events),) if (logs or events) else ()
+        return _call(state, wf, Action.COMPENSATE, pending[0], 1, at, effects)
+    return _finish_compensation(state, at, logs=logs, events=events)
+
+
+def _finish_compensation(
+    state: SagaState, at: datetime, *, logs: tuple[StepLog, ...], events: tuple[SagaEvent, ...]
+) -> Decision:
+    comp = state.compensation
+    assert comp is not None
+    parts = [comp.cause] if comp.cause else (["cancelled"] if comp.failures else [])
+    if comp.failures:
+        parts.append("compensation failed for: " + ", ".join(comp.failures))
+    failed = bool(comp.failures) or not comp.cancelled
+    status = SagaStatus.FAILED if failed else SagaStatus.CANCELLED
+    ended = _stamp(state, at, status=status, error_message="; ".join(parts) or None)
+    kind = EventType.SAGA_FAILED if failed else EventType.SAGA_CANCELLED
+    events = (*events, _event(ended, kind))
+    return Decision(ended, (Commit(ended, logs, events),))
+
+
+def _complete(state: SagaState, at: datetime, *, logs: tuple[StepLog, ...]) -> Decision:
+    done = _stamp(state, at, status=SagaStatus.COMPLETED, error_message=None, in_flight=None)
+    return Decision(done, (Commit(done, logs, (_event(done, EventType.SAGA_COMPLETED),)),))
+
+
+def _call(
+    state: SagaState,
+    wf: Workflow,
+    action: Action,
+    index: int,
+    attempt: int,
+    started_at: datetime,
+    effects: tuple[Effect, ...],
+) -> Decision:
+    """Put one participant call in flight, after `effects`."""
+    step = wf.steps[index]
+    method = step.method if action is Action.EXECUTE else step.compensate
+    assert method is not None
+    calling = evolve(
+        state,
+        in_flight=InFlight(action=action, step_index=index, attempt=attempt, started_at=started_at),
+    )
+    call = CallParticipant(
+        saga_id=state.saga_id,
+        step_index=index,
+        step_name=step.name,
+        action=action,
+        attempt=attempt,
+        service=step.service,
+        method=method,
+        payload=state.payload,
+        timeout_secs=step.timeout_secs,
+        idempotency_key=idempotency_key(state.saga_id, index, action),
+    )
+    return Decision(calling, (*effects, call))
+
+
+def _pop_pending(state: SagaState) -> SagaState:
+    comp = state.compensation
+    assert comp is not None and state.in_flight is not None
+    assert comp.pending and comp.pending[0] == state.in_flight.step_index
+    return evolve(state, compensation=evolve(comp, pending=comp.pending[1:]), in_flight=None)
+
+
+def _stamp(state: SagaState, at: datetime, **changes: Any) -> SagaState:
+    return evolve(state, updated_at=at, **changes)
+
+
+def _log(
+    state: SagaState,
+    step_name: str,
+    flight: InFlight,
+    status: StepStatus,
+    at: datetime,
+    response: dict[str, Any] | None,
+    error: str | None,
+) -> StepLog:
+    return StepLog(
+        id=step_log_id(state.saga_id, flight.step_index, flight.action),
+        saga_id=state.saga_id,
+        step_index=flight.step_index,
+        step_name=step_name,
+        action=flight.action,
+        status=status,
+        request_payload=state.payload,
+        response_payload=response,
+        error_message=error,
+        started_at=flight.started_at,
+        completed_at=at,
+    )
+
+
+def _event(state: SagaState, kind: EventType) -> SagaEvent:
+    return SagaEvent(
+        event_id=event_id(state.saga_id, kind),
+        event_type=kind,
+        saga_id=state.saga_id,
+        workflow_name=state.workflow_name,
+        status=state.status,
+        current_step=state.current_step,
+        correlation_id=state.correlation_id,
+        error_message=state.error_message,
+        payload=state.payload,
+        timestamp=state.updated_at,
+    )

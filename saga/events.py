@@ -1,0 +1,124 @@
+"""What goes into `decide` (events, past tense) and what comes out (effects, imperative).
+
+Both are closed unions. Each class has a stable `tag` used wherever an event or effect is
+recorded (golden histories, logs): renaming a class must not change stored data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, ClassVar
+
+from attrs import frozen
+
+from saga.model import Action, SagaEvent, SagaState, StepLog
+
+# ---------------------------------------------------------------- events (input)
+
+
+@frozen
+class Resume:
+    """The executor holds the saga at a step boundary and wants it to go on.
+
+    Sent when an executor claims a saga (first run or recovery) and after every commit.
+    `cancel_requested` is the cancel flag as last read from the store.
+    """
+
+    tag: ClassVar[str] = "resume"
+    at: datetime
+    cancel_requested: bool = False
+
+
+@frozen
+class StepSucceeded:
+    """The in-flight participant call answered OK with this JSON object."""
+
+    tag: ClassVar[str] = "step_succeeded"
+    at: datetime
+    response: Mapping[str, Any]
+
+
+@frozen
+class StepFailed:
+    """The in-flight participant call failed.
+
+    `code` is the gRPC status name; `timed_out` is true when the attempt hit its deadline;
+    `permanent` is true for failures no retry can mend (a service missing from the config);
+    `jitter` in [-1, 1] is the random draw used when the policy asks for jitter.
+    """
+
+    tag: ClassVar[str] = "step_failed"
+    at: datetime
+    code: str
+    message: str
+    timed_out: bool = False
+    permanent: bool = False
+    jitter: float = 0.0
+
+
+@frozen
+class RetryDue:
+    """The delay asked for by `ScheduleRetry` has passed."""
+
+    tag: ClassVar[str] = "retry_due"
+    at: datetime
+
+
+Event = Resume | StepSucceeded | StepFailed | RetryDue
+EVENT_TYPES: tuple[type[Event], ...] = (Resume, StepSucceeded, StepFailed, RetryDue)
+
+# ---------------------------------------------------------------- effects (output)
+
+
+@frozen
+class Commit:
+    """Write the state, its step logs and its events in one transaction."""
+
+    tag: ClassVar[str] = "commit"
+    state: SagaState
+    step_logs: tuple[StepLog, ...] = ()
+    events: tuple[SagaEvent, ...] = ()
+
+
+@frozen
+class CallParticipant:
+    """Make one attempt of a participant call; answer with `StepSucceeded` or `StepFailed`."""
+
+    tag: ClassVar[str] = "call_participant"
+    saga_id: str
+    step_index: int
+    step_name: str
+    action: Action
+    attempt: int
+    service: str
+    method: str
+    payload: Mapping[str, Any]
+    timeout_secs: float
+    idempotency_key: str
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The gRPC metadata of SPEC §3."""
+        return (
+            ("x-saga-id", self.saga_id),
+            ("x-saga-step", str(self.step_index)),
+            ("x-saga-action", self.action.value),
+            ("x-saga-attempt", str(self.attempt)),
+            ("idempotency-key", self.idempotency_key),
+        )
+
+
+@frozen
+class ScheduleRetry:
+    """Wait `delay_ms`, then send `RetryDue`."""
+
+    tag: ClassVar[str] = "schedule_retry"
+    saga_id: str
+    step_index: int
+    action: Action
+    next_attempt: int
+    delay_ms: int
+
+
+Effect = Commit | CallParticipant | ScheduleRetry

@@ -1,0 +1,244 @@
+"""The saga's data: statuses, workflow definitions, saga state, step logs and published events.
+
+Frozen attrs classes only. No I/O, no clock, no ids made here: every time and id comes in from
+outside (see `saga.decide`). Serialisation lives in `saga.codec`, never in these classes.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from attrs import field, frozen
+
+
+class SagaStatus(enum.StrEnum):
+    STARTED = "STARTED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    COMPENSATING = "COMPENSATING"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({SagaStatus.COMPLETED, SagaStatus.FAILED, SagaStatus.CANCELLED})
+ACTIVE_STATUSES = frozenset({SagaStatus.STARTED, SagaStatus.RUNNING, SagaStatus.COMPENSATING})
+
+
+class Action(enum.StrEnum):
+    EXECUTE = "EXECUTE"
+    COMPENSATE = "COMPENSATE"
+
+
+class StepStatus(enum.StrEnum):
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    TIMEOUT = "TIMEOUT"
+    SKIPPED = "SKIPPED"
+
+
+class Backoff(enum.StrEnum):
+    EXPONENTIAL = "exponential"
+    FIXED = "fixed"
+
+
+class EventType(enum.StrEnum):
+    SAGA_RUNNING = "SAGA_RUNNING"
+    SAGA_COMPLETED = "SAGA_COMPLETED"
+    SAGA_COMPENSATING = "SAGA_COMPENSATING"
+    SAGA_FAILED = "SAGA_FAILED"
+    SAGA_CANCELLED = "SAGA_CANCELLED"
+
+
+# The gRPC status code names a retry policy may list.
+GRPC_CODE_NAMES = frozenset(
+    {
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    }
+)
+
+DEFAULT_NON_RETRYABLE_CODES: tuple[str, ...] = (
+    "INVALID_ARGUMENT",
+    "FAILED_PRECONDITION",
+    "NOT_FOUND",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+    "UNIMPLEMENTED",
+)
+
+
+@frozen
+class RetryPolicy:
+    max_attempts: int = 3
+    backoff: Backoff = Backoff.EXPONENTIAL
+    initial_interval_ms: int = 1000
+    max_interval_ms: int | None = None
+    jitter: bool = False
+    non_retryable_codes: tuple[str, ...] = DEFAULT_NON_RETRYABLE_CODES
+
+
+@frozen
+class Step:
+    name: str
+    service: str
+    method: str
+    compensate: str | None = None
+    timeout_secs: float = 30
+    retry: RetryPolicy = field(factory=RetryPolicy)
+
+
+@frozen
+class Workflow:
+    name: str
+    steps: tuple[Step, ...]
+    version: int = 1
+
+    @property
+    def step_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.steps)
+
+    @property
+    def services(self) -> frozenset[str]:
+        return frozenset(s.service for s in self.steps)
+
+
+@frozen
+class InFlight:
+    """The one participant call a saga is waiting on (never stored: a recovered saga starts
+    the step again with a fresh attempt count; the idempotency key makes that safe)."""
+
+    action: Action
+    step_index: int
+    attempt: int
+    started_at: datetime
+    waiting_retry: bool = False
+
+
+@frozen
+class Compensation:
+    """Why the saga is compensating and what is left to undo, newest first."""
+
+    cancelled: bool
+    cause: str | None
+    pending: tuple[int, ...]
+    failures: tuple[str, ...] = ()
+
+
+@frozen
+class SagaState:
+    saga_id: str
+    workflow_name: str
+    workflow_version: int
+    status: SagaStatus
+    current_step: int
+    payload: Mapping[str, Any]
+    correlation_id: str | None
+    initiated_by: str | None
+    error_message: str | None
+    created_at: datetime
+    updated_at: datetime
+    compensation: Compensation | None = None
+    in_flight: InFlight | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@frozen
+class StepLog:
+    id: str
+    saga_id: str
+    step_index: int
+    step_name: str
+    action: Action
+    status: StepStatus
+    request_payload: Mapping[str, Any] | None
+    response_payload: Mapping[str, Any] | None
+    error_message: str | None
+    started_at: datetime
+    completed_at: datetime | None
+
+
+@frozen
+class SagaEvent:
+    """One event to publish (SPEC §6); written to the outbox with the state change."""
+
+    event_id: str
+    event_type: EventType
+    saga_id: str
+    workflow_name: str
+    status: SagaStatus
+    current_step: int
+    correlation_id: str | None
+    error_message: str | None
+    payload: Mapping[str, Any]
+    timestamp: datetime
+
+
+def new_saga(
+    *,
+    saga_id: str,
+    workflow: Workflow,
+    payload: Mapping[str, Any],
+    correlation_id: str | None,
+    initiated_by: str | None,
+    at: datetime,
+) -> SagaState:
+    """A saga as it is first written: STARTED at step 0."""
+    return SagaState(
+        saga_id=saga_id,
+        workflow_name=workflow.name,
+        workflow_version=workflow.version,
+        status=SagaStatus.STARTED,
+        current_step=0,
+        payload=payload,
+        correlation_id=correlation_id,
+        initiated_by=initiated_by,
+        error_message=None,
+        created_at=at,
+        updated_at=at,
+    )
+
+
+def idempotency_key(saga_id: str, step_index: int, action: Action) -> str:
+    """`<saga_id>:<step_index>:<action>`, the same across retries and recoveries (SPEC §3)."""
+    return f"{saga_id}:{step_index}:{action.value}"
+
+
+def _derived_id(saga_id: str, name: str) -> str:
+    # A name-based UUID: replaying the same history gives the same ids, so a decision re-made
+    # after a crash writes the same step log and event ids (consumers de-duplicate on them).
+    return str(uuid.uuid5(uuid.UUID(saga_id), name))
+
+
+def step_log_id(saga_id: str, step_index: int, action: Action) -> str:
+    """Each (step, action) is logged at most once per saga, so this id is unique."""
+    return _derived_id(saga_id, f"log:{step_index}:{action.value}")
+
+
+def event_id(saga_id: str, event_type: EventType) -> str:
+    """Each event type is published at most once per saga, so this id is unique."""
+    return _derived_id(saga_id, f"event:{event_type.value}")

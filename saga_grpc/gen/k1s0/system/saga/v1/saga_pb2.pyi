@@ -1,0 +1,160 @@
+from saga_grpc.gen.k1s0.system.common.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SagaStateProto(_message.Message):
+    __slots__ = ("id", "workflow_name", "current_step", "status", "payload", "correlation_id", "initiated_by", "error_message", "created_at", "updated_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_NAME_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_STEP_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    INITIATED_BY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    workflow_name: str
+    current_step: int
+    status: str
+    payload: bytes
+    correlation_id: str
+    initiated_by: str
+    error_message: str
+    created_at: _types_pb2.Timestamp
+    updated_at: _types_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., workflow_name: _Optional[str] = ..., current_step: _Optional[int] = ..., status: _Optional[str] = ..., payload: _Optional[bytes] = ..., correlation_id: _Optional[str] = ..., initiated_by: _Optional[str] = ..., error_message: _Optional[str] = ..., created_at: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SagaStepLogProto(_message.Message):
+    __slots__ = ("id", "saga_id", "step_index", "step_name", "action", "status", "request_payload", "response_payload", "error_message", "started_at", "completed_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SAGA_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_INDEX_FIELD_NUMBER: _ClassVar[int]
+    STEP_NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    saga_id: str
+    step_index: int
+    step_name: str
+    action: str
+    status: str
+    request_payload: bytes
+    response_payload: bytes
+    error_message: str
+    started_at: _types_pb2.Timestamp
+    completed_at: _types_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., saga_id: _Optional[str] = ..., step_index: _Optional[int] = ..., step_name: _Optional[str] = ..., action: _Optional[str] = ..., status: _Optional[str] = ..., request_payload: _Optional[bytes] = ..., response_payload: _Optional[bytes] = ..., error_message: _Optional[str] = ..., started_at: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class WorkflowSummary(_message.Message):
+    __slots__ = ("name", "step_count", "step_names")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STEP_COUNT_FIELD_NUMBER: _ClassVar[int]
+    STEP_NAMES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    step_count: int
+    step_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., step_count: _Optional[int] = ..., step_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StartSagaRequest(_message.Message):
+    __slots__ = ("workflow_name", "payload", "correlation_id", "initiated_by")
+    WORKFLOW_NAME_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    INITIATED_BY_FIELD_NUMBER: _ClassVar[int]
+    workflow_name: str
+    payload: bytes
+    correlation_id: str
+    initiated_by: str
+    def __init__(self, workflow_name: _Optional[str] = ..., payload: _Optional[bytes] = ..., correlation_id: _Optional[str] = ..., initiated_by: _Optional[str] = ...) -> None: ...
+
+class StartSagaResponse(_message.Message):
+    __slots__ = ("saga_id", "status")
+    SAGA_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    saga_id: str
+    status: str
+    def __init__(self, saga_id: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
+
+class GetSagaRequest(_message.Message):
+    __slots__ = ("saga_id",)
+    SAGA_ID_FIELD_NUMBER: _ClassVar[int]
+    saga_id: str
+    def __init__(self, saga_id: _Optional[str] = ...) -> None: ...
+
+class GetSagaResponse(_message.Message):
+    __slots__ = ("saga", "step_logs")
+    SAGA_FIELD_NUMBER: _ClassVar[int]
+    STEP_LOGS_FIELD_NUMBER: _ClassVar[int]
+    saga: SagaStateProto
+    step_logs: _containers.RepeatedCompositeFieldContainer[SagaStepLogProto]
+    def __init__(self, saga: _Optional[_Union[SagaStateProto, _Mapping]] = ..., step_logs: _Optional[_Iterable[_Union[SagaStepLogProto, _Mapping]]] = ...) -> None: ...
+
+class ListSagasRequest(_message.Message):
+    __slots__ = ("pagination", "workflow_name", "status", "correlation_id")
+    PAGINATION_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    pagination: _types_pb2.Pagination
+    workflow_name: str
+    status: str
+    correlation_id: str
+    def __init__(self, pagination: _Optional[_Union[_types_pb2.Pagination, _Mapping]] = ..., workflow_name: _Optional[str] = ..., status: _Optional[str] = ..., correlation_id: _Optional[str] = ...) -> None: ...
+
+class ListSagasResponse(_message.Message):
+    __slots__ = ("sagas", "pagination")
+    SAGAS_FIELD_NUMBER: _ClassVar[int]
+    PAGINATION_FIELD_NUMBER: _ClassVar[int]
+    sagas: _containers.RepeatedCompositeFieldContainer[SagaStateProto]
+    pagination: _types_pb2.PaginationResult
+    def __init__(self, sagas: _Optional[_Iterable[_Union[SagaStateProto, _Mapping]]] = ..., pagination: _Optional[_Union[_types_pb2.PaginationResult, _Mapping]] = ...) -> None: ...
+
+class CancelSagaRequest(_message.Message):
+    __slots__ = ("saga_id",)
+    SAGA_ID_FIELD_NUMBER: _ClassVar[int]
+    saga_id: str
+    def __init__(self, saga_id: _Optional[str] = ...) -> None: ...
+
+class CancelSagaResponse(_message.Message):
+    __slots__ = ("success", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class RegisterWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_yaml",)
+    WORKFLOW_YAML_FIELD_NUMBER: _ClassVar[int]
+    workflow_yaml: str
+    def __init__(self, workflow_yaml: _Optional[str] = ...) -> None: ...
+
+class RegisterWorkflowResponse(_message.Message):
+    __slots__ = ("name", "step_count")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STEP_COUNT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    step_count: int
+    def __init__(self, name: _Optional[str] = ..., step_count: _Optional[int] = ...) -> None: ...
+
+class ListWorkflowsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListWorkflowsResponse(_message.Message):
+    __slots__ = ("workflows",)
+    WORKFLOWS_FIELD_NUMBER: _ClassVar[int]
+    workflows: _containers.RepeatedCompositeFieldContainer[WorkflowSummary]
+    def __init__(self, workflows: _Optional[_Iterable[_Union[WorkflowSummary, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,70 @@
+"""`saga validate` and `saga simulate`, run as a user runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "workflows" / "order-fulfillment.yaml"
+
+
+def saga(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workers.cli", *args], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+def test_validate_accepts_the_sample_and_names_the_problem_in_a_bad_file(tmp_path: Path) -> None:
+    """validate exits 0 on good files, 1 with `FILE: field: problem` for each bad one."""
+    ok = saga("validate", str(SAMPLE))
+    assert ok.returncode == 0, ok.stderr
+    assert "OK (order-fulfillment, 3 steps)" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: w\nsteps:\n  - name: a\n    service: s\n    method: S.A\n    timeout_secs: 0\n"
+    )
+    missing = tmp_path / "missing.yaml"
+    result = saga("validate", str(SAMPLE), str(bad), str(missing))
+    assert result.returncode == 1
+    assert f"{bad}: steps[0].timeout_secs: must be > 0" in result.stderr
+    assert f"{missing}: file not found" in result.stderr
+
+
+def test_simulate_a_failing_payment_compensates_the_inventory() -> None:
+    """--fail process-payment: inventory executed, payment failed after 3 attempts, inventory compensated, FAILED."""
+    result = saga("simulate", str(SAMPLE), "--fail", "process-payment")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    text = result.stdout
+
+    def index(fragment: str) -> int:
+        return next(i for i, line in enumerate(lines) if fragment in " ".join(line.split()))
+
+    executed = index("EXECUTE reserve-inventory SUCCESS")
+    failed = index("EXECUTE process-payment FAILED")
+    compensated = index("COMPENSATE reserve-inventory SUCCESS")
+    assert executed < failed < compensated
+    assert "(attempt 3 of 3)" in lines[failed]
+    assert text.count("attempt 1 failed") == 1 and text.count("attempt 2 failed") == 1
+    assert "process-payment" not in " ".join(line for line in lines if "COMPENSATE" in line)
+    assert "final status: FAILED" in text
+
+
+def test_simulate_cancel_and_timeout_options() -> None:
+    """--timeout logs TIMEOUT; --cancel-after ends CANCELLED after compensating what ran."""
+    timed = saga("simulate", str(SAMPLE), "--timeout", "arrange-shipping")
+    assert "EXECUTE    arrange-shipping         TIMEOUT" in timed.stdout
+    assert "final status: FAILED" in timed.stdout
+    cancelled = saga("simulate", str(SAMPLE), "--cancel-after", "process-payment")
+    assert "COMPENSATE process-payment" in cancelled.stdout
+    assert "arrange-shipping" not in cancelled.stdout
+    assert "final status: CANCELLED" in cancelled.stdout
+
+
+def test_simulate_rejects_an_unknown_step_name() -> None:
+    """Naming a step the workflow lacks is a usage error, not a silent no-op."""
+    result = saga("simulate", str(SAMPLE), "--fail", "nope")
+    assert result.returncode == 2
+    assert "no step named 'nope'" in result.stderr

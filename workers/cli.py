@@ -1,0 +1,83 @@
+"""The `saga` command: one entry point, one sub-command per job.
+
+Each sub-command imports what it needs when it runs, so `saga validate` and `saga simulate`
+load only the pure core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from workers.offline import validate_files
+
+    return validate_files(args.files, out=sys.stdout, err=sys.stderr)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from workers.offline import simulate_file
+
+    return simulate_file(
+        args.workflow,
+        fail=args.fail,
+        timeout=args.timeout,
+        cancel_after=args.cancel_after,
+        payload=args.payload,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saga", description="Saga orchestration server")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("validate", help="check workflow files without a server")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("simulate", help="replay a workflow against scripted participant outcomes")
+    p.add_argument("workflow", metavar="WORKFLOW.yaml")
+    p.add_argument(
+        "--fail",
+        action="append",
+        default=[],
+        metavar="STEP[:CODE]",
+        help="every attempt of STEP fails with CODE (default UNAVAILABLE); repeatable",
+    )
+    p.add_argument(
+        "--timeout",
+        action="append",
+        default=[],
+        metavar="STEP",
+        help="every attempt of STEP hits its deadline; repeatable",
+    )
+    p.add_argument("--cancel-after", metavar="STEP", help="a cancel arrives once STEP has run")
+    p.add_argument("--payload", default="{}", help="saga payload as JSON (default {})")
+    p.set_defaults(func=_cmd_simulate)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Later modules add their sub-commands here (server, worker, client).
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The participant caller: one generic gRPC call of a saga step, JSON bytes in, JSON object out.
+
+SPEC §3: method ``A.B`` is the path ``/A/B`` (``pkg.A.B`` is ``/pkg.A/B``), the request is the
+saga payload as UTF-8 JSON bytes, the reply is parsed as a JSON object (empty body: ``{}``).
+No proto file is needed on either side: requests and replies travel as raw bytes.
+
+This module must never raise for a remote failure (every outcome, including deadlines and
+malformed replies, becomes a ``CallResult``), never set up a channel or a stub per call (one
+channel per endpoint, one callable per path, both cached), and never decide what a failure
+means for the saga (retrying or not is the core's business, keyed on ``CallResult.code``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import grpc
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+# Codes made up by the caller itself (the remote never answered with them); the rest of
+# ``CallResult.code`` values are gRPC status names.
+SERVICE_NOT_REGISTERED = "SERVICE_NOT_REGISTERED"
+INVALID_METHOD = "INVALID_METHOD"
+INVALID_RESPONSE = "INVALID_RESPONSE"
+CALLER_CLOSED = "CANCELLED"
+
+# ASCII only: gRPC paths travel in HTTP/2 headers.
+_METHOD_PATTERN = re.compile(r"[A-Za-z_][\w.]*\.[A-Za-z_]\w*", re.ASCII)
+
+
+def method_is_valid(method: str) -> bool:
+    """Tell whether ``method`` is a ``Service.Method`` or ``pkg.Service.Method`` name."""
+    return _METHOD_PATTERN.fullmatch(method) is not None
+
+
+def grpc_path(method: str) -> str:
+    """Turn ``A.B`` into ``/A/B`` and ``pkg.A.B`` into ``/pkg.A/B``; raise ValueError if invalid."""
+    if not method_is_valid(method):
+        raise ValueError(f"invalid method name: {method!r} (expected Service.Method)")
+    service, _, name = method.rpartition(".")
+    return f"/{service}/{name}"
+
+
+@attrs.frozen
+class CallResult:
+    """The outcome of one attempt: a parsed JSON reply, or a status code name and details."""
+
+    ok: bool
+    response: dict[str, Any]
+    code: str | None
+    message: str
+    duration_ms: float
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _parse_reply(body: bytes) -> dict[str, Any] | str:
+    """Return the reply as a dict, or a message saying why it is not a JSON object."""
+    if not body:
+        return {}
+    try:
+        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        return f"participant reply is not valid UTF-8: {exc}"
+    except (ValueError, RecursionError) as exc:
+        return f"participant reply is not valid JSON: {exc}"
+    if not isinstance(value, dict):
+        return f"participant reply is not a JSON object (got {type(value).__name__})"
+    return value
+
+
+class ParticipantCaller:
+    """Calls participant methods over gRPC, keeping one channel per endpoint for all threads."""
+
+    def __init__(
+        self,
+        services: Mapping[str, tuple[str, int]],
+        max_send_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_receive_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self._endpoints: dict[str, str] = {
+            name: f"{host}:{port}" for name, (host, port) in services.items()
+        }
+        self._options = (
+            ("grpc.max_send_message_length", max_send_bytes),
+            ("grpc.max_receive_message_length", max_receive_bytes),
+        )
+        self._lock = threading.Lock()
+        self._channels: dict[str, grpc.Channel] = {}
+        self._callables: dict[tuple[str, str], grpc.UnaryUnaryMultiCallable] = {}
+        self._closed = False
+        self.channels_created = 0
+
+    def __enter__(self) -> ParticipantCaller:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def endpoint(self, service: str) -> str | None:
+        """Return ``host:port`` of a registered service, or None."""
+        return self._endpoints.get(service)
+
+    def _callable(self, endpoint: str, path: str) -> grpc.UnaryUnaryMultiCallable | None:
+        key = (endpoint, path)
+        found = self._callables.get(key)  # lock-free fast path; dict reads are atomic
+        if found is not None:
+            return found
+        with self._lock:
+            if self._closed:
+                return None
+            found = self._callables.get(key)
+            if found is None:
+                channel = self._channels.get(endpoint)
+                if channel is None:
+                    channel = grpc.insecure_channel(endpoint, options=self._options)
+                    self._channels[endpoint] = channel
+                    self.channels_created += 1
+                # No serializers: the request and the reply are raw bytes.
+                found = channel.unary_unary(
+                    path, request_serializer=None, response_deserializer=None
+                )
+                self._callables[key] = found
+            return found
+
+    def call(
+        self,
+        service: str,
+        method: str,
+        payload: bytes,
+        timeout_s: float,
+        metadata: Sequence[tuple[str, str]],
+    ) -> CallResult:
+        """Call ``method`` of ``service`` once with a deadline of ``timeout_s``; never raise for
+        a remote failure."""
+        started = time.perf_counter()
+
+        def failed(code: str, message: str) -> CallResult:
+            elapsed = (time.perf_counter() - started) * 1000.0
+            return CallResult(False, {}, code, message, elapsed)
+
+        endpoint = self._endpoints.get(service)
+        if endpoint is None:
+            return failed(SERVICE_NOT_REGISTERED, f"service not registered: {service}")
+        if not method_is_valid(method):
+            return failed(INVALID_METHOD, f"invalid method name: {method!r}")
+        invoke = self._callable(endpoint, grpc_path(method))
+        if invoke is None:
+            return failed(CALLER_CLOSED, "participant caller is closed")
+        try:
+            body = invoke(payload, timeout=timeout_s, metadata=tuple(metadata))
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+            details = exc.details() if isinstance(exc, grpc.Call) else None
+            return failed(name, details or str(exc))
+        except ValueError:
+            if not self._closed:
+                raise
+            # grpc raises ValueError when close() shut the channel between lookup and call.
+            return failed(CALLER_CLOSED, "participant caller is closed")
+        reply = _parse_reply(body)
+        if isinstance(reply, str):
+            return failed(INVALID_RESPONSE, f"{reply} (from {service} {method})")
+        elapsed = (time.perf_counter() - started) * 1000.0
+        return CallResult(True, reply, None, "", elapsed)
+
+    def close(self) -> None:
+        """Close every channel; later calls fail with ``CANCELLED`` instead of reconnecting."""
+        with self._lock:
+            self._closed = True
+            channels = list(self._channels.values())
+            self._channels.clear()
+            self._callables.clear()
+        for channel in channels:
+            channel.close()
