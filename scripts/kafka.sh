@@ -97,12 +97,13 @@ running_pid() {
 }
 
 port_in_use() {
-    # Listening? (connect succeeds)  -- also catches ports another process has bound.
+    # Listening (connect succeeds), or bound by another process (bind fails).
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
     if command -v python3 >/dev/null; then
         python3 - "$1" <<'EOF' 2>/dev/null && return 1 || return 0
 import socket, sys
 s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the broker does: TIME_WAIT is fine
 s.bind(("127.0.0.1", int(sys.argv[1])))
 s.close()
 EOF

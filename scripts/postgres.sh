@@ -137,25 +137,31 @@ cmd_start() {
     write_conf "$v" && changed=1
     install -d -o postgres -g postgres -m 2775 /var/run/postgresql
 
-    if cluster_running "$v"; then
-        if [ "$changed" = 1 ]; then
-            log "settings changed; restarting cluster $v $CLUSTER"
-            pg_ctlcluster "$v" "$CLUSTER" restart >&2 || die "pg_ctlcluster $v $CLUSTER restart failed"
-        fi
-    else
-        port_in_use "$PORT" && die "port $PORT on 127.0.0.1 is taken by another program; cannot start cluster $v/$CLUSTER"
-        log "starting cluster $v $CLUSTER"
-        if ! pg_ctlcluster "$v" "$CLUSTER" start >&2; then
-            tail -n 30 "/var/log/postgresql/postgresql-$v-$CLUSTER.log" >&2 2>/dev/null || true
-            die "pg_ctlcluster $v $CLUSTER start failed"
-        fi
+    if cluster_running "$v" && [ "$changed" = 1 ]; then
+        log "settings changed; restarting cluster $v $CLUSTER"
+        pg_ctlcluster "$v" "$CLUSTER" restart >&2 || die "pg_ctlcluster $v $CLUSTER restart failed"
     fi
-
-    local i
+    # Start it unless it already answers. "status" alone is not enough: right after a crash the
+    # dead postmaster can still look alive for a moment (a zombie passes kill -0).
+    local i started=0
     for i in $(seq 1 60); do
         psql_super -Atc 'SELECT 1' >/dev/null 2>&1 && break
+        if [ "$started" = 0 ] && ! cluster_running "$v"; then
+            port_in_use "$PORT" && die "port $PORT on 127.0.0.1 is taken by another program; cannot start cluster $v/$CLUSTER"
+            log "starting cluster $v $CLUSTER"
+            if ! pg_ctlcluster "$v" "$CLUSTER" start >&2; then
+                tail -n 30 "/var/log/postgresql/postgresql-$v-$CLUSTER.log" >&2 2>/dev/null || true
+                die "pg_ctlcluster $v $CLUSTER start failed"
+            fi
+            started=1
+            continue
+        fi
         sleep 0.5
     done
+    if ! psql_super -Atc 'SELECT 1' >/dev/null 2>&1; then
+        tail -n 30 "/var/log/postgresql/postgresql-$v-$CLUSTER.log" >&2 2>/dev/null || true
+        die "cluster $v $CLUSTER does not accept connections after 30 s (pg_ctlcluster $v $CLUSTER status: $(pg_ctlcluster "$v" "$CLUSTER" status 2>&1 | head -1))"
+    fi
     psql_super <<'SQL' >&2 || die "could not create role/database saga"
 DO $$
 BEGIN

@@ -16,7 +16,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -173,6 +173,61 @@ class ParticipantCaller:
             return failed(INVALID_RESPONSE, f"{reply} (from {service} {method})")
         elapsed = (time.perf_counter() - started) * 1000.0
         return CallResult(True, reply, None, "", elapsed)
+
+    def call_async(
+        self,
+        service: str,
+        method: str,
+        payload: bytes,
+        timeout_s: float,
+        metadata: Sequence[tuple[str, str]],
+        done: Callable[[CallResult], None],
+    ) -> None:
+        """Start the same call as `call` without holding a thread while it is in flight;
+        `done` gets the result on a gRPC thread (it must not block for long)."""
+        started = time.perf_counter()
+
+        def failed(code: str, message: str) -> CallResult:
+            return CallResult(False, {}, code, message, (time.perf_counter() - started) * 1000.0)
+
+        endpoint = self._endpoints.get(service)
+        if endpoint is None:
+            done(failed(SERVICE_NOT_REGISTERED, f"service not registered: {service}"))
+            return
+        if not method_is_valid(method):
+            done(failed(INVALID_METHOD, f"invalid method name: {method!r}"))
+            return
+        invoke = self._callable(endpoint, grpc_path(method))
+        if invoke is None:
+            done(failed(CALLER_CLOSED, "participant caller is closed"))
+            return
+        try:
+            future = invoke.future(payload, timeout=timeout_s, metadata=tuple(metadata))
+        except ValueError:
+            if not self._closed:
+                raise
+            done(failed(CALLER_CLOSED, "participant caller is closed"))
+            return
+
+        def finished(fut: Any) -> None:
+            try:
+                body = fut.result()
+            except grpc.RpcError as exc:
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+                details = exc.details() if isinstance(exc, grpc.Call) else None
+                done(failed(name, details or str(exc)))
+                return
+            except grpc.FutureCancelledError:
+                done(failed(CALLER_CLOSED, "call cancelled"))
+                return
+            reply = _parse_reply(body)
+            if isinstance(reply, str):
+                done(failed(INVALID_RESPONSE, f"{reply} (from {service} {method})"))
+                return
+            done(CallResult(True, reply, None, "", (time.perf_counter() - started) * 1000.0))
+
+        future.add_done_callback(finished)
 
     def close(self) -> None:
         """Close every channel; later calls fail with ``CANCELLED`` instead of reconnecting."""

@@ -1,0 +1,243 @@
+"""Configuration (SPEC §9): `config/config.yaml` or the file named by `CONFIG_PATH`, then
+environment overrides (`DATABASE_URL`, `SAGA_<SECTION>_<KEY>`). A bad file stops the program at
+start with one line naming the file, the key and the problem (`ConfigError`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import cattrs
+import yaml
+from attrs import define, field
+
+DEFAULT_CONFIG_PATH = "config/config.yaml"
+DEFAULT_TOPIC = "k1s0.system.saga.events.v1"
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased as one line for the user."""
+
+
+@define
+class AppConfig:
+    name: str = "saga-server"
+    version: str = "0.1.0"
+    environment: str = "development"
+
+
+@define
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int = 2
+    threads: int = 8
+
+
+@define
+class GrpcConfig:
+    host: str = "0.0.0.0"
+    port: int = 50051
+    max_workers: int = 32
+
+
+@define
+class DatabaseConfig:
+    name: str
+    user: str
+    host: str = "localhost"
+    port: int = 5432
+    password: str = ""
+    ssl_mode: str = "disable"
+    max_open_conns: int = 25
+    max_idle_conns: int = 5
+    conn_max_lifetime: str = "5m"
+
+    @property
+    def url(self) -> str:
+        auth = quote(self.user, safe="")
+        if self.password:
+            auth += ":" + quote(self.password, safe="")
+        return f"postgres://{auth}@{self.host}:{self.port}/{quote(self.name, safe='')}?sslmode={self.ssl_mode}"
+
+
+@define
+class SaslConfig:
+    mechanism: str = "PLAIN"
+    username: str = ""
+    password: str = ""
+
+
+@define
+class TopicsConfig:
+    publish: str = DEFAULT_TOPIC
+
+
+@define
+class KafkaConfig:
+    brokers: list[str]
+    security_protocol: str = "PLAINTEXT"
+    sasl: SaslConfig | None = None
+    topics: TopicsConfig = field(factory=TopicsConfig)
+    consumer_group: str | None = None
+    retention_hours: float = 24.0
+    relay_batch: int = 500
+
+
+@define
+class ServiceEndpoint:
+    host: str
+    port: int
+
+
+@define
+class SagaSection:
+    max_concurrent: int = 100
+    workflow_dir: str = "workflows"
+    sqlite_path: str = "data/saga.sqlite3"
+    execute: bool = True
+    lease_secs: float = 30.0
+    claim_interval_ms: int = 200
+    commit_batch: int = 512
+
+
+@define
+class AuthConfig:
+    jwks_url: str
+    issuer: str
+    audience: str
+    jwks_cache_ttl_secs: int = 300
+    leeway_secs: int = 30
+
+
+@define
+class LimitsConfig:
+    request_body_bytes: int = 1024 * 1024
+    payload_bytes: int = 256 * 1024
+    json_depth: int = 64
+    string_length: int = 255
+    page_size: int = 100
+    workflow_bytes: int = 64 * 1024
+    workflow_steps: int = 200
+    grpc_receive_bytes: int = 4 * 1024 * 1024
+    grpc_send_bytes: int = 4 * 1024 * 1024
+    participant_response_bytes: int = 1024 * 1024
+
+
+@define
+class Config:
+    app: AppConfig = field(factory=AppConfig)
+    server: ServerConfig = field(factory=ServerConfig)
+    grpc: GrpcConfig = field(factory=GrpcConfig)
+    database: DatabaseConfig | None = None
+    kafka: KafkaConfig | None = None
+    services: dict[str, ServiceEndpoint] = field(factory=dict)
+    saga: SagaSection = field(factory=SagaSection)
+    auth: AuthConfig | None = None
+    limits: LimitsConfig = field(factory=LimitsConfig)
+    database_url: str | None = None
+    source: str = "<defaults>"
+
+    @property
+    def postgres_url(self) -> str | None:
+        """`DATABASE_URL`, else the `database` section; None means the embedded SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return self.database.url if self.database else None
+
+    @property
+    def service_map(self) -> dict[str, tuple[str, int]]:
+        return {name: (e.host, e.port) for name, e in self.services.items()}
+
+
+_converter = cattrs.Converter(forbid_extra_keys=True)
+
+_SECTIONS = ("app", "server", "grpc", "database", "kafka", "saga", "auth", "limits")
+
+
+def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for key, raw in environ.items():
+        if not key.startswith("SAGA_") or key.count("_") < 2:
+            continue
+        rest = key[len("SAGA_") :].lower()
+        for section in _SECTIONS:
+            if rest.startswith(section + "_"):
+                name = rest[len(section) + 1 :]
+                target = data.get(section)
+                if not isinstance(target, dict):
+                    target = {}
+                    data[section] = target
+                target[name] = yaml.safe_load(raw) if raw else raw
+                break
+
+
+def load_config(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment, and validate; raise ConfigError on any problem."""
+    environ = os.environ if environ is None else environ
+    path = path or environ.get("CONFIG_PATH") or DEFAULT_CONFIG_PATH
+    data: dict[str, Any] = {}
+    file = Path(path)
+    if file.exists():
+        try:
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise ConfigError(
+                f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        data = loaded
+    elif path != DEFAULT_CONFIG_PATH or environ.get("CONFIG_PATH"):
+        raise ConfigError(f"{path}: file not found")
+    _env_overrides(data, environ)
+    for key in ("database_url", "source"):
+        if key in data:
+            raise ConfigError(f"{path}: {key}: unknown section")
+    if environ.get("DATABASE_URL"):
+        data["database_url"] = environ["DATABASE_URL"]
+    data["source"] = str(path)
+    try:
+        config = _converter.structure(data, Config)
+    except cattrs.BaseValidationError as exc:
+        problems = cattrs.transform_error(exc, path="")
+        first = problems[0] if problems else str(exc)
+        message, _, where = first.partition(" @ ")
+        where = where.lstrip("$.").replace("$", "") or "(top level)"
+        raise ConfigError(f"{path}: {where}: {message}") from None
+    _check(config, str(path))
+    return config
+
+
+def _check(config: Config, path: str) -> None:
+    def bad(key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{path}: {key}: {problem}")
+
+    for key, value in (
+        ("server.port", config.server.port),
+        ("grpc.port", config.grpc.port),
+    ):
+        if not 0 <= value <= 65535:
+            raise bad(key, "must be a port number (0..65535)")
+    if config.saga.max_concurrent < 1:
+        raise bad("saga.max_concurrent", "must be >= 1")
+    if config.saga.lease_secs <= 0:
+        raise bad("saga.lease_secs", "must be > 0")
+    for name, endpoint in config.services.items():
+        if not 1 <= endpoint.port <= 65535:
+            raise bad(f"services.{name}.port", "must be a port number (1..65535)")
+        if not endpoint.host:
+            raise bad(f"services.{name}.host", "must not be empty")
+    if config.kafka is not None and not config.kafka.brokers:
+        raise bad("kafka.brokers", "must list at least one broker")
+    for field_name in ("request_body_bytes", "payload_bytes", "json_depth", "page_size"):
+        if getattr(config.limits, field_name) < 1:
+            raise bad(f"limits.{field_name}", "must be >= 1")

@@ -1,0 +1,234 @@
+"""`Engine`: the one application service. REST, gRPC and the CLI call it; it validates input,
+reads and writes the store, and (when this process executes sagas) owns the executor.
+
+It raises domain errors (`ValidationError`, `NotFound`, `Conflict`) for the edges to map.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+from attrs import evolve
+
+from saga.codec import workflow_to_dict
+from saga.errors import Conflict, NotFound, ValidationError
+from saga.model import SagaState, SagaStatus, StepLog, Workflow, new_saga
+from saga.workflow import parse_workflow
+from workers import inputs, metrics
+from workers.config import Config
+from workers.interpreter import Executor, WorkflowCatalog, utc_now
+from workers.participant import ParticipantCaller
+from workers.store.base import SagaFilter, SagaPage, Store
+
+log = logging.getLogger("saga.engine")
+
+
+def open_store(config: Config) -> Store:
+    """PostgreSQL when `DATABASE_URL` or a `database` section is given, else the SQLite file."""
+    outbox = config.kafka is not None
+    url = config.postgres_url
+    if url:
+        from workers.store.postgres import PostgresStore
+
+        size = max(2, config.database.max_open_conns if config.database else 10)
+        return PostgresStore(url, outbox=outbox, min_size=1, max_size=size)
+    from workers.store.sqlite import SqliteStore
+
+    return SqliteStore(config.saga.sqlite_path, outbox=outbox)
+
+
+class Engine:
+    def __init__(self, config: Config, store: Store, *, execute: bool | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.catalog = WorkflowCatalog(store)
+        self.executor: Executor | None = None
+        self.caller: ParticipantCaller | None = None
+        if config.saga.execute if execute is None else execute:
+            self.caller = ParticipantCaller(
+                config.service_map,
+                max_send_bytes=config.limits.grpc_send_bytes,
+                max_receive_bytes=config.limits.grpc_receive_bytes,
+            )
+            self.executor = Executor(
+                store,
+                self.catalog,
+                self.caller,
+                max_concurrent=config.saga.max_concurrent,
+                lease_secs=config.saga.lease_secs,
+                claim_interval_secs=config.saga.claim_interval_ms / 1000.0,
+                commit_batch=config.saga.commit_batch,
+                response_limit_bytes=config.limits.participant_response_bytes,
+            )
+
+    @classmethod
+    def from_config(cls, config: Config, *, execute: bool | None = None) -> Engine:
+        return cls(config, open_store(config), execute=execute)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Load `workflow_dir`, then start executing (when this process executes)."""
+        self.load_workflow_dir()
+        if self.executor is not None:
+            self.executor.start()
+
+    def close(self, grace_secs: float = 10.0) -> None:
+        if self.executor is not None:
+            self.executor.stop(grace_secs)
+        if self.caller is not None:
+            self.caller.close()
+        self.store.close()
+
+    def load_workflow_dir(self) -> list[Workflow]:
+        """Register each valid `.yaml`/`.yml` file whose definition differs from the stored
+        latest version; log and skip invalid ones; a missing directory is not an error."""
+        directory = Path(self.config.saga.workflow_dir)
+        loaded: list[Workflow] = []
+        if not directory.is_dir():
+            log.info("workflow_dir %s does not exist; no workflows loaded from files", directory)
+            return loaded
+        for path in sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml")):
+            try:
+                workflow = self._parse(path.read_text(encoding="utf-8"))
+            except (ValidationError, OSError, UnicodeDecodeError) as exc:
+                message = exc.message if isinstance(exc, ValidationError) else str(exc)
+                log.warning("skipping workflow file %s: %s", path, message)
+                continue
+            latest = self.store.get_workflow(workflow.name)
+            if latest is not None and _same_definition(latest, workflow):
+                loaded.append(latest)
+                continue
+            stored = self.store.register_workflow(workflow)
+            log.info("loaded workflow %s v%d from %s", stored.name, stored.version, path)
+            loaded.append(stored)
+        return loaded
+
+    def ready(self) -> bool:
+        try:
+            self.store.ping()
+        except Exception:
+            return False
+        return True
+
+    # ---------------------------------------------------------------- workflows
+
+    def _parse(self, text: Any) -> Workflow:
+        if not isinstance(text, str) or not text.strip():
+            raise ValidationError("workflow_yaml: is required")
+        return parse_workflow(
+            text,
+            max_bytes=self.config.limits.workflow_bytes,
+            max_steps=self.config.limits.workflow_steps,
+            known_services=set(self.config.services),
+        )
+
+    def register_workflow(self, yaml_text: Any) -> Workflow:
+        stored = self.store.register_workflow(self._parse(yaml_text))
+        self.catalog.remember(stored)
+        return stored
+
+    def list_workflows(self) -> list[Workflow]:
+        return self.store.list_workflows()
+
+    # ---------------------------------------------------------------- sagas
+
+    def start_saga(
+        self,
+        workflow_name: Any,
+        payload: Any = None,
+        *,
+        correlation_id: Any = None,
+        initiated_by: Any = None,
+        idempotency_key: Any = None,
+    ) -> tuple[SagaState, bool]:
+        """Write a STARTED saga and return (saga, created). With an idempotency key already
+        used for the same request, return the first saga and False; for another request, 409."""
+        limits = self.config.limits
+        name = inputs.required_string(workflow_name, "workflow_name", limits.string_length)
+        body = inputs.payload(payload, max_bytes=limits.payload_bytes, max_depth=limits.json_depth)
+        correlation = inputs.optional_string(correlation_id, "correlation_id", limits.string_length)
+        initiator = inputs.optional_string(initiated_by, "initiated_by", limits.string_length)
+        key = inputs.idempotency_key(idempotency_key)
+        workflow = self.store.get_workflow(name)
+        if workflow is None:
+            raise NotFound(f"workflow not found: {name}")
+        self.catalog.remember(workflow)
+        state = new_saga(
+            saga_id=str(uuid.uuid4()),
+            workflow=workflow,
+            payload=body,
+            correlation_id=correlation,
+            initiated_by=initiator,
+            at=utc_now(),
+        )
+        request_hash = None
+        if key is not None:
+            canonical = json.dumps(
+                [name, body, correlation, initiator], sort_keys=True, separators=(",", ":")
+            )
+            request_hash = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+        stored, stored_hash, created = self.store.create_saga(
+            state, idempotency_key=key, request_hash=request_hash
+        )
+        if not created:
+            if stored_hash != request_hash:
+                raise Conflict("Idempotency-Key was already used with a different request")
+            return stored, False
+        metrics.SAGAS_STARTED.labels(name).inc()
+        if self.executor is not None:
+            self.executor.wake()
+        return stored, True
+
+    def get_saga(self, saga_id: Any) -> tuple[SagaState, list[StepLog]]:
+        sid = inputs.saga_id(saga_id)
+        state = self.store.get_saga(sid)
+        if state is None:
+            raise NotFound(f"saga not found: {sid}")
+        return state, self.store.get_step_logs(sid)
+
+    def list_sagas(
+        self,
+        *,
+        page: Any = None,
+        page_size: Any = None,
+        workflow_name: Any = None,
+        status: Any = None,
+        correlation_id: Any = None,
+    ) -> SagaPage:
+        limits = self.config.limits
+        number = inputs.positive_int(page, "page", default=1, maximum=10_000_000)
+        size = inputs.positive_int(page_size, "page_size", default=20, maximum=limits.page_size)
+        filters = SagaFilter(
+            workflow_name=inputs.optional_string(
+                workflow_name or None, "workflow_name", limits.string_length
+            ),
+            status=inputs.status(status),
+            correlation_id=inputs.optional_string(
+                correlation_id or None, "correlation_id", limits.string_length
+            ),
+        )
+        return self.store.list_sagas(filters, number, size)
+
+    def cancel_saga(self, saga_id: Any) -> SagaState:
+        """Ask a STARTED or RUNNING saga to stop; the executor compensates at the next boundary."""
+        sid = inputs.saga_id(saga_id)
+        state = self.store.request_cancel(sid)
+        if state is None:
+            raise NotFound(f"saga not found: {sid}")
+        if state.status not in (SagaStatus.STARTED, SagaStatus.RUNNING):
+            raise Conflict(
+                f"saga {sid} is {state.status.value}; only STARTED or RUNNING sagas can be cancelled"
+            )
+        if self.executor is not None:
+            self.executor.wake()
+        return state
+
+
+def _same_definition(a: Workflow, b: Workflow) -> bool:
+    return workflow_to_dict(evolve(a, version=0)) == workflow_to_dict(evolve(b, version=0))

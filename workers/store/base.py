@@ -1,0 +1,191 @@
+"""The saga store interface: one small contract that the memory, SQLite and PostgreSQL stores
+all keep (and one shared test suite checks: tests/integration/test_store_contract.py).
+
+A store persists saga states, step logs, workflow definitions (versioned), leases and the
+outbox. It never decides anything about a saga: it writes what `saga.decide` committed.
+
+Leases. An executor (`owner`, unique per executor instance) claims sagas; each claim bumps the
+saga's `lease_token`. Every write of an executor is fenced by (owner, token): a write from an
+executor whose lease was taken over changes nothing and reports `fenced`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+from attrs import frozen
+
+from saga.events import Commit
+from saga.model import SagaState, SagaStatus, StepLog, Workflow
+
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+
+
+@frozen
+class SagaFilter:
+    workflow_name: str | None = None
+    status: SagaStatus | None = None
+    correlation_id: str | None = None
+
+
+@frozen
+class SagaPage:
+    sagas: tuple[SagaState, ...]
+    total_count: int
+    page: int
+    page_size: int
+
+    @property
+    def has_next(self) -> bool:
+        return self.page * self.page_size < self.total_count
+
+
+@frozen
+class Claimed:
+    """A saga an executor now holds: its committed state (always idle), the fencing token,
+    the stored cancel flag, and whether another executor held it before (a take-over)."""
+
+    state: SagaState
+    lease_token: int
+    cancel_requested: bool
+    taken_over: bool
+
+
+@frozen
+class CommitRequest:
+    """One saga's commit, fenced by the lease it was made under."""
+
+    commit: Commit
+    lease_token: int
+
+
+@frozen
+class CommitResult:
+    """`fenced` is true when the lease was lost and nothing was written.
+    `cancel_requested` is the saga's cancel flag as stored after the write."""
+
+    saga_id: str
+    fenced: bool
+    cancel_requested: bool
+
+
+@frozen
+class OutboxRow:
+    seq: int
+    event_id: str
+    saga_id: str
+    event_type: str
+    body: dict[str, Any]
+
+
+class Store(abc.ABC):
+    """What the engine needs from a saga store."""
+
+    # -------------------------------------------------------------- workflows
+
+    @abc.abstractmethod
+    def register_workflow(self, workflow: Workflow) -> Workflow:
+        """Store a new version of `workflow.name` (1 for a new name, else latest + 1) and
+        return the workflow with that version set. Safe under concurrent registration."""
+
+    @abc.abstractmethod
+    def get_workflow(self, name: str, version: int | None = None) -> Workflow | None:
+        """The given version, or the latest one when `version` is None; None if absent."""
+
+    @abc.abstractmethod
+    def list_workflows(self) -> list[Workflow]:
+        """The latest version of every workflow, ordered by name."""
+
+    # -------------------------------------------------------------- sagas (API side)
+
+    @abc.abstractmethod
+    def create_saga(
+        self,
+        state: SagaState,
+        *,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+    ) -> tuple[SagaState, str | None, bool]:
+        """Insert a new STARTED saga. With an idempotency key that already exists, insert
+        nothing and return the existing saga. Returns (saga, stored request hash, created)."""
+
+    @abc.abstractmethod
+    def get_saga(self, saga_id: str) -> SagaState | None:
+        """The saga as last committed, or None."""
+
+    @abc.abstractmethod
+    def get_step_logs(self, saga_id: str) -> list[StepLog]:
+        """The saga's step logs in time order (completion time, then insertion)."""
+
+    @abc.abstractmethod
+    def list_sagas(self, filters: SagaFilter, page: int, page_size: int) -> SagaPage:
+        """One page of sagas matching every given filter, newest first (created_at, then id)."""
+
+    @abc.abstractmethod
+    def request_cancel(self, saga_id: str) -> SagaState | None:
+        """Set the cancel flag of a STARTED or RUNNING saga and return it. Returns the saga
+        unchanged (flag not set) when it is in another status, None when it does not exist."""
+
+    @abc.abstractmethod
+    def is_cancel_requested(self, saga_id: str) -> bool:
+        """The stored cancel flag (False for an unknown saga)."""
+
+    # -------------------------------------------------------------- execution (executor side)
+
+    @abc.abstractmethod
+    def claim(self, owner: str, limit: int, lease_secs: float) -> list[Claimed]:
+        """Take a lease on up to `limit` active sagas whose lease is free or expired, oldest
+        first. Two concurrent callers never get the same saga."""
+
+    @abc.abstractmethod
+    def renew(self, owner: str, leases: dict[str, int], lease_secs: float) -> set[str]:
+        """Extend the leases still held (saga id -> token); return the ids still held."""
+
+    @abc.abstractmethod
+    def release(self, owner: str, leases: dict[str, int]) -> None:
+        """Give up these leases (shutdown): the sagas become claimable at once."""
+
+    @abc.abstractmethod
+    def commit(
+        self, owner: str, requests: Sequence[CommitRequest], lease_secs: float
+    ) -> list[CommitResult]:
+        """Write several sagas' commits in ONE transaction, each fenced by its lease: state,
+        step logs and (when the outbox is on) event rows together. A fenced commit writes
+        nothing for that saga; the others still commit. A committed non-terminal saga's lease
+        is extended; a terminal one's lease is released. Results are in request order."""
+
+    # -------------------------------------------------------------- outbox
+
+    @abc.abstractmethod
+    def outbox_enabled(self) -> bool:
+        """Whether commits write event rows (only when Kafka is configured)."""
+
+    @abc.abstractmethod
+    def claim_outbox(self, owner: str, limit: int, lease_secs: float) -> list[OutboxRow]:
+        """Up to `limit` unpublished rows, oldest first, taken for `lease_secs` so another relay
+        skips them; per saga only its oldest unpublished rows, so order per saga holds."""
+
+    @abc.abstractmethod
+    def mark_published(self, seqs: Sequence[int]) -> None:
+        """Mark these rows as acknowledged by the broker."""
+
+    @abc.abstractmethod
+    def outbox_stats(self) -> tuple[int, float | None]:
+        """(unpublished rows, age in seconds of the oldest unpublished row or None)."""
+
+    @abc.abstractmethod
+    def prune_outbox(self, older_than_secs: float) -> int:
+        """Delete published rows older than this; return how many."""
+
+    # -------------------------------------------------------------- lifecycle
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise if the store cannot answer."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections."""

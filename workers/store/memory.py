@@ -1,0 +1,281 @@
+"""An in-memory store for tests: the reference behaviour of `workers.store.base.Store`,
+with a lock instead of transactions and the process clock instead of the database clock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from attrs import evolve
+
+from saga.model import ACTIVE_STATUSES, SagaState, SagaStatus, StepLog, Workflow
+from workers.store.base import (
+    Claimed,
+    CommitRequest,
+    CommitResult,
+    OutboxRow,
+    SagaFilter,
+    SagaPage,
+    Store,
+)
+from workers.store.events import event_body
+
+
+class _Row:
+    __slots__ = ("state", "cancel", "owner", "token", "expires", "key", "hash", "order")
+
+    def __init__(
+        self, state: SagaState, key: str | None, request_hash: str | None, order: int
+    ) -> None:
+        self.state = state
+        self.cancel = False
+        self.owner: str | None = None
+        self.token = 0
+        self.expires = 0.0
+        self.key = key
+        self.hash = request_hash
+        self.order = order
+
+
+class _Outbox:
+    __slots__ = ("row", "created", "published", "claimed_by", "claim_expires")
+
+    def __init__(self, row: OutboxRow, created: float) -> None:
+        self.row = row
+        self.created = created
+        self.published: float | None = None
+        self.claimed_by: str | None = None
+        self.claim_expires = 0.0
+
+
+class MemoryStore(Store):
+    def __init__(self, outbox: bool = False) -> None:
+        self._outbox_on = outbox
+        self._lock = threading.RLock()
+        self._workflows: dict[str, list[Workflow]] = {}
+        self._sagas: dict[str, _Row] = {}
+        self._keys: dict[str, str] = {}
+        self._logs: dict[str, list[StepLog]] = {}
+        self._outbox: list[_Outbox] = []
+        self._seq = 0
+
+    # ---------------------------------------------------------------- workflows
+
+    def register_workflow(self, workflow: Workflow) -> Workflow:
+        with self._lock:
+            versions = self._workflows.setdefault(workflow.name, [])
+            stored = evolve(workflow, version=len(versions) + 1)
+            versions.append(stored)
+            return stored
+
+    def get_workflow(self, name: str, version: int | None = None) -> Workflow | None:
+        with self._lock:
+            versions = self._workflows.get(name)
+            if not versions:
+                return None
+            if version is None:
+                return versions[-1]
+            return versions[version - 1] if 1 <= version <= len(versions) else None
+
+    def list_workflows(self) -> list[Workflow]:
+        with self._lock:
+            return [self._workflows[n][-1] for n in sorted(self._workflows)]
+
+    # ---------------------------------------------------------------- sagas
+
+    def create_saga(
+        self,
+        state: SagaState,
+        *,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+    ) -> tuple[SagaState, str | None, bool]:
+        with self._lock:
+            if idempotency_key is not None and idempotency_key in self._keys:
+                row = self._sagas[self._keys[idempotency_key]]
+                return row.state, row.hash, False
+            self._seq += 1
+            self._sagas[state.saga_id] = _Row(state, idempotency_key, request_hash, self._seq)
+            if idempotency_key is not None:
+                self._keys[idempotency_key] = state.saga_id
+            self._logs[state.saga_id] = []
+            return state, request_hash, True
+
+    def get_saga(self, saga_id: str) -> SagaState | None:
+        with self._lock:
+            row = self._sagas.get(saga_id)
+            return row.state if row else None
+
+    def get_step_logs(self, saga_id: str) -> list[StepLog]:
+        with self._lock:
+            return list(self._logs.get(saga_id, ()))
+
+    def list_sagas(self, filters: SagaFilter, page: int, page_size: int) -> SagaPage:
+        with self._lock:
+            rows = [
+                r.state
+                for r in self._sagas.values()
+                if (filters.workflow_name is None or r.state.workflow_name == filters.workflow_name)
+                and (filters.status is None or r.state.status is filters.status)
+                and (
+                    filters.correlation_id is None
+                    or r.state.correlation_id == filters.correlation_id
+                )
+            ]
+        rows.sort(key=lambda s: (s.created_at, s.saga_id), reverse=True)
+        start = (page - 1) * page_size
+        return SagaPage(tuple(rows[start : start + page_size]), len(rows), page, page_size)
+
+    def request_cancel(self, saga_id: str) -> SagaState | None:
+        with self._lock:
+            row = self._sagas.get(saga_id)
+            if row is None:
+                return None
+            if row.state.status in (SagaStatus.STARTED, SagaStatus.RUNNING):
+                row.cancel = True
+            return row.state
+
+    def is_cancel_requested(self, saga_id: str) -> bool:
+        with self._lock:
+            row = self._sagas.get(saga_id)
+            return bool(row and row.cancel)
+
+    # ---------------------------------------------------------------- execution
+
+    def claim(self, owner: str, limit: int, lease_secs: float) -> list[Claimed]:
+        now = time.monotonic()
+        out: list[Claimed] = []
+        with self._lock:
+            candidates = sorted(
+                (
+                    r
+                    for r in self._sagas.values()
+                    if r.state.status in ACTIVE_STATUSES and r.expires < now
+                ),
+                key=lambda r: (r.state.created_at, r.order),
+            )
+            for row in candidates[:limit]:
+                taken_over = row.owner is not None and row.owner != owner
+                row.owner, row.token, row.expires = owner, row.token + 1, now + lease_secs
+                out.append(Claimed(row.state, row.token, row.cancel, taken_over))
+        return out
+
+    def renew(self, owner: str, leases: dict[str, int], lease_secs: float) -> set[str]:
+        now = time.monotonic()
+        held: set[str] = set()
+        with self._lock:
+            for saga_id, token in leases.items():
+                row = self._sagas.get(saga_id)
+                if (
+                    row
+                    and row.owner == owner
+                    and row.token == token
+                    and row.state.status in ACTIVE_STATUSES
+                ):
+                    row.expires = now + lease_secs
+                    held.add(saga_id)
+        return held
+
+    def release(self, owner: str, leases: dict[str, int]) -> None:
+        with self._lock:
+            for saga_id, token in leases.items():
+                row = self._sagas.get(saga_id)
+                if row and row.owner == owner and row.token == token:
+                    row.owner, row.expires = None, 0.0
+
+    def commit(
+        self, owner: str, requests: Sequence[CommitRequest], lease_secs: float
+    ) -> list[CommitResult]:
+        now = time.monotonic()
+        results: list[CommitResult] = []
+        with self._lock:
+            for request in requests:
+                state = request.commit.state
+                row = self._sagas.get(state.saga_id)
+                if row is None or row.owner != owner or row.token != request.lease_token:
+                    results.append(CommitResult(state.saga_id, True, bool(row and row.cancel)))
+                    continue
+                row.state = state
+                if state.terminal:
+                    row.owner, row.expires = None, 0.0
+                else:
+                    row.expires = now + lease_secs
+                self._logs[state.saga_id].extend(request.commit.step_logs)
+                if self._outbox_on:
+                    for event in request.commit.events:
+                        self._seq += 1
+                        body = event_body(event)
+                        self._outbox.append(
+                            _Outbox(
+                                OutboxRow(
+                                    self._seq,
+                                    event.event_id,
+                                    event.saga_id,
+                                    event.event_type.value,
+                                    body,
+                                ),
+                                time.time(),
+                            )
+                        )
+                results.append(CommitResult(state.saga_id, False, row.cancel))
+        return results
+
+    # ---------------------------------------------------------------- outbox
+
+    def outbox_enabled(self) -> bool:
+        return self._outbox_on
+
+    def claim_outbox(self, owner: str, limit: int, lease_secs: float) -> list[OutboxRow]:
+        now = time.monotonic()
+        out: list[OutboxRow] = []
+        blocked: set[str] = set()
+        with self._lock:
+            for item in self._outbox:
+                if item.published is not None:
+                    continue
+                saga_id = item.row.saga_id
+                claimed_by_other = (
+                    item.claimed_by not in (None, owner) and item.claim_expires >= now
+                )
+                if saga_id in blocked or claimed_by_other:
+                    blocked.add(saga_id)
+                    continue
+                if len(out) >= limit:
+                    break
+                item.claimed_by, item.claim_expires = owner, now + lease_secs
+                out.append(item.row)
+        return out
+
+    def mark_published(self, seqs: Sequence[int]) -> None:
+        wanted = set(seqs)
+        now = time.time()
+        with self._lock:
+            for item in self._outbox:
+                if item.row.seq in wanted:
+                    item.published = now
+
+    def outbox_stats(self) -> tuple[int, float | None]:
+        now = time.time()
+        with self._lock:
+            waiting = [i.created for i in self._outbox if i.published is None]
+        return len(waiting), (now - min(waiting)) if waiting else None
+
+    def prune_outbox(self, older_than_secs: float) -> int:
+        cutoff = time.time() - older_than_secs
+        with self._lock:
+            keep = [i for i in self._outbox if i.published is None or i.published > cutoff]
+            pruned = len(self._outbox) - len(keep)
+            self._outbox = keep
+        return pruned
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def ping(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+__all__ = ["MemoryStore"]
