@@ -31,6 +31,18 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from workers.process import run_worker
+
+    return run_worker(args.config)
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from workers.process import run_migrate
+
+    return run_migrate(args.config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saga", description="Saga orchestration server")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -59,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cancel-after", metavar="STEP", help="a cancel arrives once STEP has run")
     p.add_argument("--payload", default="{}", help="saga payload as JSON (default {})")
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("worker", help="execute sagas only (no API) until SIGTERM")
+    p.add_argument("--config", help="config file (default: $CONFIG_PATH or config/config.yaml)")
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("migrate", help="apply the store's schema migrations")
+    p.add_argument("--config", help="config file (default: $CONFIG_PATH or config/config.yaml)")
+    p.set_defaults(func=_cmd_migrate)
 
     for register in _EXTRA_COMMANDS:
         register(sub)
