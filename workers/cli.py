@@ -43,6 +43,18 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return run_migrate(args.config)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from workers.serve import run_serve
+
+    return run_serve(args.config, args.host, args.port, args.grpc_port)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from workers.demo import run_demo
+
+    return run_demo()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saga", description="Saga orchestration server")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -72,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--payload", default="{}", help="saga payload as JSON (default {})")
     p.set_defaults(func=_cmd_simulate)
 
+    p = sub.add_parser("serve", help="REST + gRPC + saga execution in one command")
+    p.add_argument("--config", help="config file (default: $CONFIG_PATH or config/config.yaml)")
+    p.add_argument("--host", help="address to listen on (REST and gRPC)")
+    p.add_argument("--port", type=int, help="REST port (default 8080)")
+    p.add_argument("--grpc-port", type=int, help="gRPC port (default 50051)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("demo", help="run demo participants and a server, and show two sagas")
+    p.set_defaults(func=_cmd_demo)
+
     p = sub.add_parser("worker", help="execute sagas only (no API) until SIGTERM")
     p.add_argument("--config", help="config file (default: $CONFIG_PATH or config/config.yaml)")
     p.set_defaults(func=_cmd_worker)
@@ -85,8 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Later modules add their sub-commands here (server, worker, client).
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
+def _register_client(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from workers.client import register
+
+    register(sub)
+
+
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    _register_client
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -100,7 +100,7 @@ class SagaSection:
     sqlite_path: str = "data/saga.sqlite3"
     execute: bool = True
     lease_secs: float = 30.0
-    claim_interval_ms: int = 200
+    claim_interval_ms: int = 50
     commit_batch: int = 512
 
 

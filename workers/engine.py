@@ -23,6 +23,7 @@ from workers import inputs, metrics
 from workers.config import Config
 from workers.interpreter import Executor, WorkflowCatalog, utc_now
 from workers.participant import ParticipantCaller
+from workers.relay import OutboxRelay
 from workers.store.base import SagaFilter, SagaPage, Store
 
 log = logging.getLogger("saga.engine")
@@ -43,7 +44,9 @@ def open_store(config: Config) -> Store:
 
 
 class Engine:
-    def __init__(self, config: Config, store: Store, *, execute: bool | None = None) -> None:
+    def __init__(
+        self, config: Config, store: Store, *, execute: bool | None = None, relay: bool = True
+    ) -> None:
         self.config = config
         self.store = store
         self.catalog = WorkflowCatalog(store)
@@ -65,10 +68,20 @@ class Engine:
                 commit_batch=config.saga.commit_batch,
                 response_limit_bytes=config.limits.participant_response_bytes,
             )
+        self.relay: OutboxRelay | None = None
+        if relay and config.kafka is not None:
+            self.relay = OutboxRelay(
+                store,
+                config.kafka,
+                batch=config.kafka.relay_batch,
+                retention_secs=config.kafka.retention_hours * 3600,
+            )
 
     @classmethod
-    def from_config(cls, config: Config, *, execute: bool | None = None) -> Engine:
-        return cls(config, open_store(config), execute=execute)
+    def from_config(
+        cls, config: Config, *, execute: bool | None = None, relay: bool = True
+    ) -> Engine:
+        return cls(config, open_store(config), execute=execute, relay=relay)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -77,12 +90,16 @@ class Engine:
         self.load_workflow_dir()
         if self.executor is not None:
             self.executor.start()
+        if self.relay is not None:
+            self.relay.start()
 
     def close(self, grace_secs: float = 10.0) -> None:
         if self.executor is not None:
             self.executor.stop(grace_secs)
         if self.caller is not None:
             self.caller.close()
+        if self.relay is not None:
+            self.relay.stop(grace_secs)
         self.store.close()
 
     def load_workflow_dir(self) -> list[Workflow]:

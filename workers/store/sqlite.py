@@ -398,6 +398,18 @@ class SqliteStore(Store):
         if limit <= 0:
             return []
         now = time.time()
+        # A read first: an idle poll must not take the database write lock.
+        waiting = (
+            self._conn()
+            .execute(
+                "SELECT 1 FROM saga_states WHERE status IN ('STARTED','RUNNING','COMPENSATING') "
+                "AND (lease_expires_at IS NULL OR lease_expires_at < ?) LIMIT 1",
+                (now,),
+            )
+            .fetchone()
+        )
+        if waiting is None:
+            return []
         with self._write() as conn:
             rows = conn.execute(
                 f"SELECT {_SAGA_COLUMNS}, cancel_requested, lease_owner, lease_token FROM saga_states "

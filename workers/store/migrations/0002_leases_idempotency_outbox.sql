@@ -27,6 +27,13 @@ CREATE INDEX idx_saga_states_workflow_list
 CREATE INDEX idx_saga_states_correlation_list
     ON {schema}.saga_states (correlation_id, created_at DESC, id DESC)
     WHERE correlation_id IS NOT NULL;
+-- The single-column indexes of 0001 are prefixes of these: every lookup they served is served
+-- by the composite ones. Each saga commit is a non-HOT update (status/current_step change), so
+-- every index costs a write per commit; the duplicates go.
+DROP INDEX {schema}.idx_saga_states_workflow_name;
+DROP INDEX {schema}.idx_saga_states_status;
+DROP INDEX {schema}.idx_saga_states_created_at;
+DROP INDEX {schema}.idx_saga_states_correlation_id;
 
 -- Insertion order of step logs (ties in completion time keep the order they were written).
 ALTER TABLE {schema}.saga_step_logs ADD COLUMN seq BIGINT GENERATED ALWAYS AS IDENTITY;

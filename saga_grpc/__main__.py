@@ -1,0 +1,27 @@
+"""`python -m saga_grpc`: the gRPC API (and, with `saga.execute`, saga execution) in one process,
+configured from `config/config.yaml` or `CONFIG_PATH`."""
+
+from __future__ import annotations
+
+import sys
+
+from workers.config import ConfigError, load_config
+from workers.logs import setup_logging
+
+
+def main() -> int:
+    """Load the config and serve until SIGTERM/SIGINT; a bad config exits 2 with one line."""
+    setup_logging()
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(f"saga: {exc}", file=sys.stderr)
+        return 2
+    from saga_grpc.server import serve
+
+    serve(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

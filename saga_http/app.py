@@ -1,0 +1,383 @@
+"""The REST API (SPEC §4) as a Flask app: `create_app(config, engine)`.
+
+Thin on purpose: each view turns a request into one `Engine` call and the result (or a domain
+error) into JSON. No business rule lives here, nothing here talks to the store directly, and
+nothing connects at import time: `create_app` is called once per process, after gunicorn forks
+(see `saga_http.wsgi`).
+
+Every response carries `X-Request-Id`; every error, whoever raised it (a view, the router, the
+body-size limit, a bug), leaves as the one envelope
+`{"error": {"code", "message", "request_id", "details": []}}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from flask import Flask, Response, current_app, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from saga.errors import Conflict, NotFound, ValidationError
+from workers import inputs, metrics, views
+from workers.config import Config
+from workers.engine import Engine
+
+log = logging.getLogger("saga.http")
+
+REQUEST_ID_HEADER = "X-Request-Id"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_REQUEST_ID_MAX = 128
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_LIST_QUERY = ("page", "page_size", "status", "workflow_name", "correlation_id")
+
+# Error codes of SPEC §4, and the HTTP status each one goes with.
+VALIDATION_ERROR = "SYS_SAGA_VALIDATION_ERROR"
+NOT_FOUND = "SYS_SAGA_NOT_FOUND"
+CONFLICT = "SYS_SAGA_CONFLICT"
+PAYLOAD_TOO_LARGE = "SYS_SAGA_PAYLOAD_TOO_LARGE"
+INTERNAL_ERROR = "SYS_SAGA_INTERNAL_ERROR"
+ERROR_CODES = (
+    VALIDATION_ERROR,
+    "SYS_AUTH_MISSING_CLAIMS",
+    "SYS_AUTH_PERMISSION_DENIED",
+    NOT_FOUND,
+    CONFLICT,
+    PAYLOAD_TOO_LARGE,
+    INTERNAL_ERROR,
+)
+_DOMAIN_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
+    (ValidationError, 400, VALIDATION_ERROR),
+    (NotFound, 404, NOT_FOUND),
+    (Conflict, 409, CONFLICT),
+)
+
+# Who may call a route (SPEC §4 roles): PUBLIC stays open even with auth; READ is GET on the
+# API (sys_auditor and up); WRITE changes something (sys_operator and up).
+PUBLIC, READ, WRITE = "public", "read", "write"
+
+
+class Route(NamedTuple):
+    method: str
+    rule: str
+    endpoint: str
+    view: str  # the `_Api` method that serves it
+    access: str
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/healthz", "healthz", "healthz", PUBLIC),
+    Route("GET", "/readyz", "readyz", "readyz", PUBLIC),
+    Route("GET", "/metrics", "metrics", "metrics", PUBLIC),
+    Route("POST", "/api/v1/sagas", "start_saga", "start_saga", WRITE),
+    Route("GET", "/api/v1/sagas", "list_sagas", "list_sagas", READ),
+    Route("GET", "/api/v1/sagas/<saga_id>", "get_saga", "get_saga", READ),
+    Route("POST", "/api/v1/sagas/<saga_id>/cancel", "cancel_saga", "cancel_saga", WRITE),
+    Route("POST", "/api/v1/sagas/<saga_id>/compensate", "compensate_saga", "cancel_saga", WRITE),
+    Route("POST", "/api/v1/workflows", "register_workflow", "register_workflow", WRITE),
+    Route("GET", "/api/v1/workflows", "list_workflows", "list_workflows", READ),
+    Route("GET", "/api/v1/openapi.json", "openapi", "openapi", PUBLIC),
+)
+
+_warned_open = False
+
+
+class PayloadTooLarge(Exception):
+    """The request body is over `limits.request_body_bytes` (413)."""
+
+
+def create_app(config: Config, engine: Engine | None = None) -> Flask:
+    """The Flask app serving SPEC §4 over `engine`.
+
+    Without an engine, one is built from `config` and started here (load `workflow_dir`, start
+    the executor when `saga.execute`): call this in the process that serves, after any fork.
+    A given engine belongs to the caller, who starts and closes it (e.g. one engine shared by
+    REST and gRPC). Either way the engine is at `app.extensions["saga_engine"]`.
+    """
+    if config.auth is not None:
+        # Failing closed: an operator who configured auth must not get an open API.
+        raise RuntimeError(
+            f"{config.source}: auth: bearer-token checks are not implemented in the REST API "
+            "yet; remove the auth section to run it open"
+        )
+    _warn_open_once()
+    if engine is None:
+        engine = Engine.from_config(config)
+        engine.start()
+
+    app = Flask("saga_http", static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = config.limits.request_body_bytes
+    app.extensions["saga_engine"] = engine
+    app.extensions["saga_config"] = config
+    api = _Api(config, engine)
+    for route in ROUTES:
+        view: Callable[..., Response] = getattr(api, route.view)
+        # The one place where per-route access (route.access) is to be enforced once auth
+        # lands: wrap `view` here; PUBLIC routes stay unwrapped.
+        app.add_url_rule(
+            route.rule,
+            endpoint=route.endpoint,
+            view_func=view,
+            methods=[route.method],
+            provide_automatic_options=False,
+        )
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _any_error)
+    app.after_request(_finish)
+    return app
+
+
+def _warn_open_once() -> None:
+    global _warned_open
+    if not _warned_open:
+        _warned_open = True
+        log.warning(
+            "no auth section configured: the REST API is open to every caller "
+            "(development default; configure auth before exposing it)"
+        )
+
+
+# ------------------------------------------------------------------------- the views
+
+
+class _Api:
+    def __init__(self, config: Config, engine: Engine) -> None:
+        self.config = config
+        self.engine = engine
+        self._openapi: bytes | None = None
+
+    def healthz(self) -> Response:
+        return reply({"status": "ok"})
+
+    def readyz(self) -> Response:
+        if self.engine.ready():
+            return reply({"status": "ready"})
+        return reply({"status": "not ready", "reason": "the saga store does not answer"}, 503)
+
+    def metrics(self) -> Response:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            text = generate_latest(registry)
+        else:
+            text = generate_latest(REGISTRY)
+        return Response(text, 200, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def start_saga(self) -> Response:
+        body = read_json_object(self.config)
+        state, created = self.engine.start_saga(
+            body.get("workflow_name"),
+            body.get("payload"),
+            correlation_id=body.get("correlation_id"),
+            initiated_by=body.get("initiated_by"),
+            idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
+        )
+        if not created:
+            # A replay: answer with the first saga as it is now, not as it was created.
+            state, _ = self.engine.get_saga(state.saga_id)
+        return reply(
+            {"saga_id": state.saga_id, "status": state.status.value}, 201 if created else 200
+        )
+
+    def list_sagas(self) -> Response:
+        args = request.args
+        unknown = sorted(set(args) - set(_LIST_QUERY))
+        if unknown:
+            raise ValidationError(
+                f"unknown query parameter(s): {', '.join(unknown)}; "
+                f"allowed: {', '.join(_LIST_QUERY)}"
+            )
+        for name in _LIST_QUERY:
+            if len(args.getlist(name)) > 1:
+                raise ValidationError(f"{name}: given more than once")
+        page = self.engine.list_sagas(
+            page=args.get("page"),
+            page_size=args.get("page_size"),
+            workflow_name=args.get("workflow_name"),
+            status=args.get("status"),
+            correlation_id=args.get("correlation_id"),
+        )
+        return reply(views.saga_page_view(page))
+
+    def get_saga(self, saga_id: str) -> Response:
+        state, logs = self.engine.get_saga(saga_id)
+        return reply(views.saga_detail_view(state, logs))
+
+    def cancel_saga(self, saga_id: str) -> Response:
+        state = self.engine.cancel_saga(saga_id)
+        return reply({"success": True, "message": f"saga {state.saga_id} cancelled"})
+
+    def register_workflow(self) -> Response:
+        body = read_json_object(self.config)
+        text = body.get("workflow_yaml")
+        if isinstance(text, str):
+            inputs.clean_text(text, "workflow_yaml")
+        workflow = self.engine.register_workflow(text)
+        return reply(
+            {"name": workflow.name, "step_count": len(workflow.steps), "version": workflow.version},
+            201,
+        )
+
+    def list_workflows(self) -> Response:
+        workflows = self.engine.list_workflows()
+        return reply({"workflows": [views.workflow_summary_view(w) for w in workflows]})
+
+    def openapi(self) -> Response:
+        if self._openapi is None:
+            from saga_http.openapi import openapi_document
+
+            self._openapi = json.dumps(openapi_document(self.config), indent=2).encode()
+        return Response(self._openapi, 200, mimetype="application/json")
+
+
+# ------------------------------------------------------------------------- requests
+
+
+def request_id() -> str:
+    """This request's id: the client's `X-Request-Id` when it is 1..128 printable ASCII
+    characters, else a fresh `req_<hex>`."""
+    rid: str | None = g.get("request_id")
+    if rid is None:
+        sent = request.headers.get(REQUEST_ID_HEADER, "")
+        if 0 < len(sent) <= _REQUEST_ID_MAX and all(" " <= c <= "~" for c in sent):
+            rid = sent
+        else:
+            rid = "req_" + uuid.uuid4().hex
+        g.request_id = rid
+    return rid
+
+
+def read_json_object(config: Config) -> dict[str, Any]:
+    """The request body as a JSON object, within the size and nesting limits; a 400 for
+    anything else (wrong Content-Type, not UTF-8, malformed JSON, not an object)."""
+    mimetype = request.mimetype
+    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise ValidationError(f"Content-Type must be application/json, not {mimetype}")
+    limit = config.limits.request_body_bytes
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge()
+    # Werkzeug reads at most MAX_CONTENT_LENGTH (a chunked body too) and raises 413 past it;
+    # a body without Content-Length and not chunked is read as empty.
+    raw = request.get_data(cache=False)
+    if len(raw) > limit:
+        raise PayloadTooLarge()
+    if not raw.strip():
+        raise ValidationError("request body: must be a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationError("request body: is not valid UTF-8") from None
+    max_depth = config.limits.json_depth
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValidationError(f"request body: nested deeper than {max_depth} levels") from None
+    except json.JSONDecodeError as exc:
+        raise ValidationError(
+            f"malformed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    if not isinstance(value, dict):
+        raise ValidationError("request body: must be a JSON object")
+    # The body is one level above the fields, so a payload may use the whole limit itself.
+    _check_depth(value, max_depth + 1)
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValidationError(f"malformed JSON: {name} is not a JSON value")
+
+
+def _check_depth(value: Any, max_depth: int) -> None:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > max_depth:
+                raise ValidationError(f"request body: nested deeper than {max_depth} levels")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+
+
+# ------------------------------------------------------------------------- responses
+
+
+def reply(body: Any, status: int = 200) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":")) + "\n", status, mimetype="application/json"
+    )
+
+
+def error_reply(status: int, code: str, message: str) -> Response:
+    return reply(
+        {
+            "error": {
+                "code": code,
+                "message": message,
+                "request_id": request_id(),
+                "details": [],
+            }
+        },
+        status,
+    )
+
+
+def _http_error(exc: HTTPException) -> Response:
+    """Router and protocol errors (404, 405, 413, ...) in the envelope."""
+    status = exc.code or 500
+    if status == 404:
+        response = error_reply(404, NOT_FOUND, f"no such endpoint: {request.path[:200]}")
+    elif status == 405:
+        response = error_reply(405, VALIDATION_ERROR, f"method {request.method} not allowed")
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+    elif status == 413:
+        response = _too_large()
+    elif status < 500:
+        response = error_reply(status, VALIDATION_ERROR, exc.description or exc.name)
+    else:
+        response = error_reply(status, INTERNAL_ERROR, "internal error")
+    return response
+
+
+def _too_large() -> Response:
+    config: Config = current_app.extensions["saga_config"]
+    limit = config.limits.request_body_bytes
+    return error_reply(413, PAYLOAD_TOO_LARGE, f"request body is over the {limit}-byte limit")
+
+
+def _any_error(exc: Exception) -> Response:
+    for kind, status, code in _DOMAIN_ERRORS:
+        if isinstance(exc, kind):
+            return error_reply(status, code, getattr(exc, "message", None) or str(exc))
+    if isinstance(exc, PayloadTooLarge):
+        return _too_large()
+    log.error(
+        "unhandled error in %s %s (request %s)",
+        request.method,
+        _route_label(),
+        request_id(),
+        exc_info=exc,
+        extra={"request_id": request_id()},
+    )
+    return error_reply(500, INTERNAL_ERROR, "internal error; the server log has the details")
+
+
+def _route_label() -> str:
+    rule = request.url_rule
+    return rule.rule if rule is not None else "<unmatched>"
+
+
+def _finish(response: Response) -> Response:
+    """Stamp the request id and count the request by route template, method and status."""
+    response.headers[REQUEST_ID_HEADER] = request_id()
+    method = request.method if request.method in _METHODS else "OTHER"
+    metrics.HTTP_REQUESTS.labels(_route_label(), method, str(response.status_code)).inc()
+    return response

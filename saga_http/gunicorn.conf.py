@@ -1,0 +1,75 @@
+"""Gunicorn settings for the REST API: `gunicorn -c saga_http/gunicorn.conf.py saga_http.wsgi:app`.
+
+Read by the master, which only reads the config file here (a bad one stops it with one line
+and exit status 2) and connects to nothing. Each worker builds its own Flask app and engine
+right after the fork (`post_worker_init`) and closes the engine when it exits (`worker_exit`).
+
+- bind: `server.host:server.port` (env `SAGA_SERVER_HOST` / `SAGA_SERVER_PORT` override, as
+  for every config key; gunicorn's own `--bind` wins over both);
+- `server.workers` processes of `server.threads` threads each (gthread);
+- Prometheus multiprocess mode: the master creates a fresh `PROMETHEUS_MULTIPROC_DIR` (unless
+  one is given), marks each dead worker's files in `child_exit`, and removes the directory it
+  created on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from workers.process import load_or_exit
+
+_config = load_or_exit(os.environ.get("CONFIG_PATH"))
+
+_host = _config.server.host
+bind = [f"[{_host}]:{_config.server.port}" if ":" in _host else f"{_host}:{_config.server.port}"]
+workers = max(1, _config.server.workers)
+worker_class = "gthread"
+threads = max(1, _config.server.threads)
+wsgi_app = "saga_http.wsgi:app"
+# SIGTERM: stop accepting, let requests in flight finish, then close the engine (which lets
+# participant calls in flight finish and commit, up to 10 s) before the master's SIGKILL.
+graceful_timeout = 30
+timeout = 60
+keepalive = 5
+# No $HOME/.gunicorn/gunicorn.ctl shared by every gunicorn on the machine (gunicorn >= 27;
+# older versions ignore the setting).
+control_socket_disable = True
+
+# Set before any worker imports `workers.metrics`, so every metric is multiprocess.
+_OWNED = "SAGA_HTTP_OWNED_MULTIPROC_DIR"
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="saga-prometheus-")
+    os.environ[_OWNED] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    """Build this worker's app and engine now, not on the first request, so it executes
+    sagas from the start; a failure here stops the whole server ("Worker failed to boot")."""
+    build = getattr(worker.wsgi, "build", None)
+    if build is None:
+        return
+    try:
+        build()
+    except Exception as exc:
+        worker.log.error("saga REST worker cannot start: %s", exc)
+        raise RuntimeError(f"saga REST worker cannot start: {exc}") from exc
+
+
+def worker_exit(server, worker):  # type: ignore[no-untyped-def]
+    close = getattr(getattr(worker, "wsgi", None), "close", None)
+    if close is not None:
+        close()
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    owned = os.environ.get(_OWNED)
+    if owned and owned == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(owned, ignore_errors=True)

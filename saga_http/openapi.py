@@ -1,0 +1,453 @@
+"""The OpenAPI 3.1 description of the REST API (SPEC §4), served at `/api/v1/openapi.json`.
+
+It describes the wire contract only; it never drives validation (the `Engine` does that).
+Response shapes are closed (`additionalProperties: false`): a client may rely on every field
+listed and on no other. Request bodies stay open: unknown fields are ignored, as the original
+server did. Limits (page size, string length) come from the config being served.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from saga.model import SagaStatus
+from workers.config import Config
+
+_UUID = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+_TIMESTAMP = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
+_ERROR_CODES = [
+    "SYS_SAGA_VALIDATION_ERROR",
+    "SYS_AUTH_MISSING_CLAIMS",
+    "SYS_AUTH_PERMISSION_DENIED",
+    "SYS_SAGA_NOT_FOUND",
+    "SYS_SAGA_CONFLICT",
+    "SYS_SAGA_PAYLOAD_TOO_LARGE",
+    "SYS_SAGA_INTERNAL_ERROR",
+]
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _closed(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+        "additionalProperties": False,
+    }
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"oneOf": [schema, {"type": "null"}]}
+
+
+def _schemas(config: Config) -> dict[str, Any]:
+    limits = config.limits
+    statuses = [s.value for s in SagaStatus]
+    return {
+        "Timestamp": {
+            "type": "string",
+            "description": "RFC 3339 in UTC with milliseconds and Z, e.g. 2026-02-20T10:30:05.123Z",
+            "pattern": _TIMESTAMP,
+        },
+        "SagaId": {"type": "string", "description": "lower-case UUID", "pattern": _UUID},
+        "SagaStatus": {"type": "string", "enum": statuses},
+        "JsonObject": {"type": "object", "description": "any JSON object"},
+        "Error": _closed(
+            {
+                "error": _closed(
+                    {
+                        "code": {"type": "string", "enum": _ERROR_CODES},
+                        "message": {"type": "string"},
+                        "request_id": {
+                            "type": "string",
+                            "description": "the X-Request-Id of the response",
+                        },
+                        "details": {"type": "array", "items": {}},
+                    }
+                )
+            }
+        ),
+        "Health": _closed({"status": {"const": "ok"}}),
+        "Ready": _closed({"status": {"const": "ready"}}),
+        "NotReady": _closed(
+            {"status": {"const": "not ready"}, "reason": {"type": "string"}}, ["status"]
+        ),
+        "Saga": _closed(
+            {
+                "saga_id": _ref("SagaId"),
+                "workflow_name": {"type": "string"},
+                "current_step": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "index of the next forward step; the step count once done",
+                },
+                "status": _ref("SagaStatus"),
+                "payload": _ref("JsonObject"),
+                "correlation_id": {"type": ["string", "null"]},
+                "initiated_by": {"type": ["string", "null"]},
+                "error_message": {"type": ["string", "null"]},
+                "created_at": _ref("Timestamp"),
+                "updated_at": _ref("Timestamp"),
+            }
+        ),
+        "StepLog": _closed(
+            {
+                "id": {"type": "string", "pattern": _UUID},
+                "step_index": {"type": "integer", "minimum": 0},
+                "step_name": {"type": "string"},
+                "action": {"type": "string", "enum": ["EXECUTE", "COMPENSATE"]},
+                "status": {"type": "string", "enum": ["SUCCESS", "FAILED", "TIMEOUT", "SKIPPED"]},
+                "request_payload": _nullable(_ref("JsonObject")),
+                "response_payload": _nullable(_ref("JsonObject")),
+                "error_message": {"type": ["string", "null"]},
+                "started_at": _ref("Timestamp"),
+                "completed_at": _nullable(_ref("Timestamp")),
+            }
+        ),
+        "SagaDetail": _closed(
+            {
+                "saga": _ref("Saga"),
+                "step_logs": {
+                    "type": "array",
+                    "items": _ref("StepLog"),
+                    "description": "in time order",
+                },
+            }
+        ),
+        "Pagination": _closed(
+            {
+                "total_count": {"type": "integer", "minimum": 0},
+                "page": {"type": "integer", "minimum": 1},
+                "page_size": {"type": "integer", "minimum": 1, "maximum": limits.page_size},
+                "has_next": {"type": "boolean"},
+            }
+        ),
+        "SagaList": _closed(
+            {
+                "sagas": {"type": "array", "items": _ref("Saga"), "description": "newest first"},
+                "pagination": _ref("Pagination"),
+            }
+        ),
+        "StartSagaRequest": {
+            "type": "object",
+            "description": "unknown fields are ignored",
+            "properties": {
+                "workflow_name": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": limits.string_length,
+                },
+                "payload": {
+                    "oneOf": [_ref("JsonObject"), {"type": "null"}],
+                    "description": (
+                        f"default {{}}; at most {limits.payload_bytes} bytes serialised and "
+                        f"{limits.json_depth} levels deep; no NUL or lone surrogates"
+                    ),
+                },
+                "correlation_id": {"type": ["string", "null"], "maxLength": limits.string_length},
+                "initiated_by": {"type": ["string", "null"], "maxLength": limits.string_length},
+            },
+            "required": ["workflow_name"],
+        },
+        "StartSagaResponse": _closed(
+            {"saga_id": _ref("SagaId"), "status": _ref("SagaStatus")}
+        ),
+        "CancelSagaResponse": _closed(
+            {
+                "success": {"const": True},
+                "message": {"type": "string", "description": "saga <id> cancelled"},
+            }
+        ),
+        "RegisterWorkflowRequest": {
+            "type": "object",
+            "description": "unknown fields are ignored",
+            "properties": {
+                "workflow_yaml": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": (
+                        f"a workflow definition (SPEC §2), at most {limits.workflow_bytes} "
+                        f"bytes and {limits.workflow_steps} steps"
+                    ),
+                }
+            },
+            "required": ["workflow_yaml"],
+        },
+        "RegisterWorkflowResponse": _closed(
+            {
+                "name": {"type": "string"},
+                "step_count": {"type": "integer", "minimum": 1},
+                "version": {"type": "integer", "minimum": 1},
+            }
+        ),
+        "WorkflowSummary": _closed(
+            {
+                "name": {"type": "string"},
+                "step_count": {"type": "integer", "minimum": 1},
+                "step_names": {"type": "array", "items": {"type": "string"}},
+                "version": {"type": "integer", "minimum": 1, "description": "latest version"},
+            }
+        ),
+        "WorkflowList": _closed(
+            {"workflows": {"type": "array", "items": _ref("WorkflowSummary")}}
+        ),
+    }
+
+
+_ERROR_TEXT = {
+    "400": "validation error (SYS_SAGA_VALIDATION_ERROR)",
+    "404": "not found (SYS_SAGA_NOT_FOUND)",
+    "409": "conflict (SYS_SAGA_CONFLICT)",
+    "413": "request body over the limit (SYS_SAGA_PAYLOAD_TOO_LARGE)",
+    "500": "internal error (SYS_SAGA_INTERNAL_ERROR)",
+}
+
+
+def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _response(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "headers": {"X-Request-Id": {"$ref": "#/components/headers/XRequestId"}},
+    }
+    if schema is not None:
+        response["content"] = _json_content(schema)
+    return response
+
+
+def _operation(
+    operation_id: str,
+    summary: str,
+    responses: dict[str, dict[str, Any]],
+    *,
+    errors: tuple[str, ...] = ("500",),
+    parameters: list[dict[str, Any]] | None = None,
+    body: str | None = None,
+    tag: str = "sagas",
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": summary,
+        "tags": [tag],
+        "parameters": [{"$ref": "#/components/parameters/XRequestId"}, *(parameters or [])],
+        "responses": dict(responses),
+    }
+    for status in errors:
+        operation["responses"][status] = {"$ref": f"#/components/responses/Error{status}"}
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": _json_content(_ref(body))}
+    return operation
+
+
+def _paths() -> dict[str, Any]:
+    saga_id = {"$ref": "#/components/parameters/SagaIdPath"}
+
+    def cancel(operation_id: str, summary: str) -> dict[str, Any]:
+        return _operation(
+            operation_id,
+            summary,
+            {"200": _response("cancel requested", _ref("CancelSagaResponse"))},
+            errors=("400", "404", "409", "500"),
+            parameters=[saga_id],
+        )
+
+    return {
+        "/healthz": {
+            "get": _operation(
+                "healthz",
+                "Liveness: the process answers",
+                {"200": _response("alive", _ref("Health"))},
+                tag="operations",
+            )
+        },
+        "/readyz": {
+            "get": _operation(
+                "readyz",
+                "Readiness: the saga store answers",
+                {
+                    "200": _response("ready", _ref("Ready")),
+                    "503": _response("not ready", _ref("NotReady")),
+                },
+                tag="operations",
+            )
+        },
+        "/metrics": {
+            "get": _operation(
+                "metrics",
+                "Prometheus metrics (text exposition format)",
+                {
+                    "200": {
+                        "description": "metrics",
+                        "headers": {"X-Request-Id": {"$ref": "#/components/headers/XRequestId"}},
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+                tag="operations",
+            )
+        },
+        "/api/v1/sagas": {
+            "post": _operation(
+                "startSaga",
+                "Start a saga; it runs asynchronously",
+                {
+                    "201": _response("started", _ref("StartSagaResponse")),
+                    "200": _response(
+                        "Idempotency-Key replay with the same body: the first saga and its "
+                        "current status",
+                        _ref("StartSagaResponse"),
+                    ),
+                },
+                errors=("400", "404", "409", "413", "500"),
+                parameters=[{"$ref": "#/components/parameters/IdempotencyKey"}],
+                body="StartSagaRequest",
+            ),
+            "get": _operation(
+                "listSagas",
+                "List sagas, newest first",
+                {"200": _response("a page of sagas", _ref("SagaList"))},
+                errors=("400", "500"),
+                parameters=[
+                    {"$ref": f"#/components/parameters/{name}"}
+                    for name in ("Page", "PageSize", "WorkflowName", "Status", "CorrelationId")
+                ],
+            ),
+        },
+        "/api/v1/sagas/{saga_id}": {
+            "get": _operation(
+                "getSaga",
+                "A saga and its step logs",
+                {"200": _response("the saga", _ref("SagaDetail"))},
+                errors=("400", "404", "500"),
+                parameters=[saga_id],
+            )
+        },
+        "/api/v1/sagas/{saga_id}/cancel": {
+            "post": cancel("cancelSaga", "Cancel a STARTED or RUNNING saga")
+        },
+        "/api/v1/sagas/{saga_id}/compensate": {
+            "post": cancel("compensateSaga", "Alias of /cancel")
+        },
+        "/api/v1/workflows": {
+            "post": _operation(
+                "registerWorkflow",
+                "Register a workflow (a new version when the name exists)",
+                {"201": _response("registered", _ref("RegisterWorkflowResponse"))},
+                errors=("400", "413", "500"),
+                body="RegisterWorkflowRequest",
+                tag="workflows",
+            ),
+            "get": _operation(
+                "listWorkflows",
+                "The latest version of every workflow",
+                {"200": _response("workflows", _ref("WorkflowList"))},
+                tag="workflows",
+            ),
+        },
+        "/api/v1/openapi.json": {
+            "get": _operation(
+                "openapi",
+                "This document",
+                {"200": _response("the OpenAPI document", {"type": "object"})},
+                tag="operations",
+            )
+        },
+    }
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def openapi_document(config: Config) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the REST API served with `config`."""
+    limits = config.limits
+    document = {
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "info": {
+            "title": "Saga orchestration server",
+            "version": config.app.version,
+            "description": (
+                "REST API of the saga server (SPEC §4). Every response carries X-Request-Id; "
+                "every error is the Error envelope. Unknown query parameters are a 400. "
+                "Without an auth section the API is open."
+            ),
+        },
+        "tags": [{"name": "sagas"}, {"name": "workflows"}, {"name": "operations"}],
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(config),
+            "headers": {
+                "XRequestId": {
+                    "description": "the request's own X-Request-Id if valid, else a fresh one",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+                }
+            },
+            "parameters": {
+                "XRequestId": {
+                    "name": "X-Request-Id",
+                    "in": "header",
+                    "required": False,
+                    "description": "echoed when 1..128 printable ASCII characters",
+                    "schema": {"type": "string"},
+                },
+                "IdempotencyKey": {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "description": (
+                        "1..255 printable ASCII characters; the same key and body return the "
+                        "first saga (200), the same key with another body is a 409"
+                    ),
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                },
+                "SagaIdPath": {
+                    "name": "saga_id",
+                    "in": "path",
+                    "required": True,
+                    "description": "a UUID (anything else is a 400)",
+                    "schema": {"type": "string"},
+                },
+                "Page": _query(
+                    "page", {"type": "integer", "minimum": 1, "default": 1}, "1-based page"
+                ),
+                "PageSize": _query(
+                    "page_size",
+                    {"type": "integer", "minimum": 1, "maximum": limits.page_size, "default": 20},
+                    "sagas per page; out of range is a 400, never a clamp",
+                ),
+                "WorkflowName": _query(
+                    "workflow_name",
+                    {"type": "string", "maxLength": limits.string_length},
+                    "only sagas of this workflow",
+                ),
+                "Status": _query("status", _ref("SagaStatus"), "only sagas in this status"),
+                "CorrelationId": _query(
+                    "correlation_id",
+                    {"type": "string", "maxLength": limits.string_length},
+                    "only sagas with this correlation id",
+                ),
+            },
+            "responses": {
+                f"Error{status}": {
+                    "description": text,
+                    "headers": {"X-Request-Id": {"$ref": "#/components/headers/XRequestId"}},
+                    "content": _json_content(_ref("Error")),
+                }
+                for status, text in _ERROR_TEXT.items()
+            },
+        },
+    }
+    return copy.deepcopy(document)

@@ -1,0 +1,275 @@
+"""The client commands of `saga` (start, get, list, cancel, workflows) against a running
+server's REST API: readable tables for people, `--json` for scripts, a non-zero exit status
+with the server's message on any error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import requests
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
+
+
+class ClientError(Exception):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class Client:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        try:
+            response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise ClientError(f"cannot reach {self.url}: {type(exc).__name__}") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code >= 400:
+            error = (body or {}).get("error", {}) if isinstance(body, dict) else {}
+            code = error.get("code", f"HTTP {response.status_code}")
+            message = error.get("message", response.text[:200])
+            raise ClientError(f"{code}: {message}")
+        return response.status_code, body
+
+
+def _print_json(value: Any, out: TextIO) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False), file=out)
+
+
+def _table(rows: list[list[str]], headers: list[str], out: TextIO) -> None:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(), file=out)
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+def _read_payload(text: str) -> Any:
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ClientError(f"--payload: cannot read {text[1:]}: {exc.strerror}", 2) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ClientError(f"--payload: not valid JSON: {exc.msg}", 2) from None
+
+
+def print_timeline(detail: dict[str, Any], out: TextIO) -> None:
+    """A saga and its step logs as a person reads them."""
+    saga = detail["saga"]
+    print(
+        f"saga {saga['saga_id']}  workflow {saga['workflow_name']}  status {saga['status']}",
+        file=out,
+    )
+    if saga.get("correlation_id"):
+        print(f"correlation_id {saga['correlation_id']}", file=out)
+    for log in detail["step_logs"]:
+        print(timeline_line(log), file=out)
+    if saga.get("error_message"):
+        print(f"error: {saga['error_message']}", file=out)
+
+
+def timeline_line(log: dict[str, Any]) -> str:
+    line = f"  {log['completed_at'] or log['started_at']}  {log['action']:<10} {log['step_name']:<24} {log['status']}"
+    if log.get("error_message"):
+        line += f"  {log['error_message']}"
+    return line
+
+
+def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    client = Client(args.url, getattr(args, "token", None))
+    try:
+        return _dispatch(client, args, out)
+    except ClientError as exc:
+        print(f"saga: {exc.message}", file=err)
+        return exc.code
+
+
+def _dispatch(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    command = args.client_command
+    if command == "start":
+        body: dict[str, Any] = {
+            "workflow_name": args.workflow,
+            "payload": _read_payload(args.payload),
+        }
+        if args.correlation_id:
+            body["correlation_id"] = args.correlation_id
+        if args.initiated_by:
+            body["initiated_by"] = args.initiated_by
+        headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
+        _, result = client.request("POST", "/api/v1/sagas", json=body, headers=headers)
+        if args.json:
+            _print_json(result, out)
+        else:
+            print(f"{result['saga_id']}  {result['status']}", file=out)
+        return 0
+    if command == "get":
+        return _get(client, args, out)
+    if command == "list":
+        params = {
+            k: v
+            for k, v in (
+                ("page", args.page),
+                ("page_size", args.page_size),
+                ("workflow_name", args.workflow),
+                ("status", args.status),
+                ("correlation_id", args.correlation_id),
+            )
+            if v is not None
+        }
+        _, result = client.request("GET", "/api/v1/sagas", params=params)
+        if args.json:
+            _print_json(result, out)
+            return 0
+        rows = [
+            [s["saga_id"], s["workflow_name"], s["status"], str(s["current_step"]), s["created_at"]]
+            for s in result["sagas"]
+        ]
+        _table(rows, ["SAGA ID", "WORKFLOW", "STATUS", "STEP", "CREATED"], out)
+        p = result["pagination"]
+        print(
+            f"page {p['page']} of {max(1, -(-p['total_count'] // p['page_size']))}, "
+            f"{p['total_count']} sagas" + (" (more: --page N)" if p["has_next"] else ""),
+            file=out,
+        )
+        return 0
+    if command == "cancel":
+        _, result = client.request("POST", f"/api/v1/sagas/{args.saga_id}/cancel")
+        if args.json:
+            _print_json(result, out)
+        else:
+            print(result["message"], file=out)
+        return 0
+    if command == "workflows":
+        if args.workflows_command == "register":
+            try:
+                text = Path(args.file).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ClientError(f"{args.file}: {exc.strerror}", 2) from None
+            _, result = client.request("POST", "/api/v1/workflows", json={"workflow_yaml": text})
+            if args.json:
+                _print_json(result, out)
+            else:
+                print(
+                    f"registered {result['name']} v{result.get('version', '?')} ({result['step_count']} steps)",
+                    file=out,
+                )
+            return 0
+        _, result = client.request("GET", "/api/v1/workflows")
+        if args.json:
+            _print_json(result, out)
+            return 0
+        rows = [
+            [w["name"], str(w.get("version", "")), str(w["step_count"]), ", ".join(w["step_names"])]
+            for w in result["workflows"]
+        ]
+        _table(rows, ["NAME", "VERSION", "STEPS", "STEP NAMES"], out)
+        return 0
+    raise ClientError(f"unknown command {command}", 2)
+
+
+def _get(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    _, detail = client.request("GET", f"/api/v1/sagas/{args.saga_id}")
+    if not args.watch:
+        if args.json:
+            _print_json(detail, out)
+        else:
+            print_timeline(detail, out)
+        return 0
+    seen: set[str] = set()
+    status = None
+    saga = detail["saga"]
+    print(f"saga {saga['saga_id']}  workflow {saga['workflow_name']}", file=out)
+    deadline = time.monotonic() + args.watch_timeout
+    while True:
+        saga = detail["saga"]
+        for log in detail["step_logs"]:
+            if log["id"] not in seen:
+                seen.add(log["id"])
+                print(json.dumps(log) if args.json else timeline_line(log), file=out, flush=True)
+        if saga["status"] != status:
+            status = saga["status"]
+            print(f"  status {status}", file=out, flush=True)
+        if status in TERMINAL:
+            if saga.get("error_message"):
+                print(f"error: {saga['error_message']}", file=out)
+            return 0
+        if time.monotonic() > deadline:
+            raise ClientError(f"saga still {status} after {args.watch_timeout}s")
+        time.sleep(0.5)
+        _, detail = client.request("GET", f"/api/v1/sagas/{args.saga_id}")
+
+
+def register(sub: Any) -> None:
+    """Add the client sub-commands to the `saga` parser."""
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--url", default=DEFAULT_URL, help=f"server REST URL (default {DEFAULT_URL})"
+        )
+        p.add_argument("--token", help="bearer token when the server has auth on")
+        p.add_argument("--json", action="store_true", help="print the server's JSON")
+        p.set_defaults(func=run)
+
+    p = sub.add_parser("start", help="start a saga")
+    p.add_argument("workflow")
+    p.add_argument("--payload", default="{}", help="JSON object, or @file")
+    p.add_argument("--correlation-id")
+    p.add_argument("--initiated-by")
+    p.add_argument("--idempotency-key")
+    common(p)
+    p.set_defaults(client_command="start")
+
+    p = sub.add_parser("get", help="show a saga and its step logs")
+    p.add_argument("saga_id")
+    p.add_argument("--watch", action="store_true", help="follow it live until it ends")
+    p.add_argument("--watch-timeout", type=float, default=600.0)
+    common(p)
+    p.set_defaults(client_command="get")
+
+    p = sub.add_parser("list", help="list sagas, newest first")
+    p.add_argument("--workflow")
+    p.add_argument("--status")
+    p.add_argument("--correlation-id")
+    p.add_argument("--page")
+    p.add_argument("--page-size")
+    common(p)
+    p.set_defaults(client_command="list")
+
+    p = sub.add_parser("cancel", help="cancel a STARTED or RUNNING saga")
+    p.add_argument("saga_id")
+    common(p)
+    p.set_defaults(client_command="cancel")
+
+    p = sub.add_parser("workflows", help="list or register workflows")
+    wsub = p.add_subparsers(dest="workflows_command", metavar="list|register")
+    wsub.required = True
+    q = wsub.add_parser("list", help="list workflows")
+    common(q)
+    q.set_defaults(client_command="workflows")
+    q = wsub.add_parser(
+        "register", help="register a workflow file (a new version if the name exists)"
+    )
+    q.add_argument("file")
+    common(q)
+    q.set_defaults(client_command="workflows")

@@ -1,0 +1,844 @@
+"""The PostgreSQL saga store (production): many API and worker processes share one database.
+
+It writes what `saga.decide` committed and never decides anything about a saga. Leases are
+taken with `FOR UPDATE SKIP LOCKED` on the database clock; every executor write is fenced by
+(lease_owner, lease_token). A batch of commits is one statement (one round trip, one
+transaction): the fenced UPDATE's RETURNING feeds the step-log and outbox inserts, so a fenced
+saga gets no state, no log and no event.
+
+Edge conversions live here: saga ids are `str` in the core and UUID columns here; statuses
+and actions are stored as their string values; JSON goes in as JSONB; timestamps come back as
+UTC datetimes. Schema objects are named through a validated identifier, values are always
+bound parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from attrs import evolve
+from psycopg import Connection
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from saga.codec import (
+    compensation_from_dict,
+    compensation_to_dict,
+    format_timestamp,
+    workflow_from_dict,
+    workflow_to_dict,
+)
+from saga.model import (
+    ACTIVE_STATUSES,
+    Action,
+    SagaEvent,
+    SagaState,
+    SagaStatus,
+    StepLog,
+    StepStatus,
+    Workflow,
+)
+from workers.store.base import (
+    Claimed,
+    CommitRequest,
+    CommitResult,
+    OutboxRow,
+    SagaFilter,
+    SagaPage,
+    Store,
+)
+from workers.store.migrate import (
+    LOCK_WORKFLOW,
+    connect_kwargs,
+    migrate_postgres,
+    qualify,
+    validate_schema,
+)
+
+log = logging.getLogger(__name__)
+
+_STATE_COLUMNS = (
+    "id, workflow_name, workflow_version, status, current_step, payload, correlation_id,"
+    " initiated_by, error_message, created_at, updated_at, compensation"
+)
+_LOG_COLUMNS = (
+    "id, saga_id, step_index, step_name, action, status, request_payload, response_payload,"
+    " error_message, started_at, completed_at"
+)
+_ACTIVE = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_STATUSES))
+_CANCELLABLE = f"'{SagaStatus.STARTED.value}', '{SagaStatus.RUNNING.value}'"
+
+# --------------------------------------------------------------------------- statements
+# `{schema}` is replaced once per store by a validated identifier (see `qualify`).
+
+_CREATE_SAGA = f"""
+INSERT INTO {{schema}}.saga_states (
+    id, workflow_name, workflow_version, status, current_step, payload, correlation_id,
+    initiated_by, error_message, created_at, updated_at, compensation,
+    idempotency_key, request_hash)
+VALUES (
+    %(id)s, %(workflow_name)s, %(workflow_version)s, %(status)s, %(current_step)s, %(payload)s,
+    %(correlation_id)s, %(initiated_by)s, %(error_message)s, %(created_at)s, %(updated_at)s,
+    %(compensation)s, %(idempotency_key)s, %(request_hash)s)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING {_STATE_COLUMNS}, request_hash
+"""
+
+_SAGA_BY_IDEMPOTENCY_KEY = f"""
+SELECT {_STATE_COLUMNS}, request_hash FROM {{schema}}.saga_states WHERE idempotency_key = %s
+"""
+
+_GET_SAGA = f"SELECT {_STATE_COLUMNS} FROM {{schema}}.saga_states WHERE id = %s"
+
+_GET_STEP_LOGS = f"""
+SELECT {_LOG_COLUMNS} FROM {{schema}}.saga_step_logs
+WHERE saga_id = %s
+ORDER BY completed_at ASC NULLS LAST, seq ASC
+"""
+
+# The SELECT reads the statement's snapshot, i.e. the saga as it was before the flag was set:
+# the flag is not part of SagaState and the status cannot change, so that is the answer.
+_REQUEST_CANCEL = f"""
+WITH flagged AS (
+    UPDATE {{schema}}.saga_states SET cancel_requested = TRUE
+    WHERE id = %(id)s AND status IN ({_CANCELLABLE}) AND NOT cancel_requested
+    RETURNING id
+)
+SELECT {_STATE_COLUMNS} FROM {{schema}}.saga_states WHERE id = %(id)s
+"""
+
+_IS_CANCEL_REQUESTED = "SELECT cancel_requested FROM {schema}.saga_states WHERE id = %s"
+
+# `prev_owner` is read under the row lock (FOR UPDATE re-reads the newest row version), so it is
+# the owner whose expired lease is being taken over, or NULL for a free saga.
+_CLAIM = f"""
+WITH candidate AS (
+    SELECT id, lease_owner AS prev_owner
+    FROM {{schema}}.saga_states
+    WHERE status IN ({_ACTIVE})
+      AND (lease_expires_at IS NULL OR lease_expires_at < now())
+    ORDER BY created_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    UPDATE {{schema}}.saga_states AS s
+    SET lease_owner = %(owner)s,
+        lease_token = s.lease_token + 1,
+        lease_expires_at = now() + make_interval(secs => %(lease_secs)s)
+    -- = ANY(ARRAY(...)) rather than a join: always a primary-key lookup, never a hash join
+    -- over the whole table.
+    WHERE s.id = ANY(ARRAY(SELECT id FROM candidate))
+    RETURNING {_STATE_COLUMNS}, lease_token, cancel_requested
+)
+SELECT claimed.*, candidate.prev_owner
+FROM claimed JOIN candidate ON candidate.id = claimed.id
+"""
+
+# Statements that update several held sagas first lock them in id order (`held`): an executor's
+# renewals and commits run at the same time on overlapping sets, and a common lock order keeps
+# them from deadlocking. FOR UPDATE re-checks owner and token on the newest row version.
+_HELD = """
+held AS (
+    SELECT s.id FROM {schema}.saga_states AS s JOIN v ON v.id = s.id
+    WHERE s.lease_owner = %(owner)s AND s.lease_token = v.token
+    ORDER BY s.id
+    FOR UPDATE OF s
+)"""
+
+_RENEW = f"""
+WITH v AS (SELECT * FROM unnest(%(ids)s::uuid[], %(tokens)s::bigint[]) AS v(id, token)),
+{_HELD}
+UPDATE {{schema}}.saga_states AS s
+SET lease_expires_at = now() + make_interval(secs => %(lease_secs)s)
+FROM held
+WHERE s.id = held.id
+RETURNING s.id
+"""
+
+_RELEASE = f"""
+WITH v AS (SELECT * FROM unnest(%(ids)s::uuid[], %(tokens)s::bigint[]) AS v(id, token)),
+{_HELD}
+UPDATE {{schema}}.saga_states AS s
+SET lease_owner = NULL, lease_expires_at = NULL
+FROM held
+WHERE s.id = held.id
+"""
+
+# One round trip for a whole batch. `written` holds the sagas whose lease still matched; the
+# log and event inserts take only their rows. The payload is not rewritten: it is the saga's
+# input and never changes after create (rewriting a large JSONB would copy it on every step).
+# ON CONFLICT DO NOTHING: log and event ids are derived from the saga id, so replaying a commit
+# whose outcome was lost with the connection writes nothing twice.
+_COMMIT = f"""
+WITH v AS (
+    SELECT * FROM unnest(
+        %(ids)s::uuid[], %(tokens)s::bigint[], %(statuses)s::text[], %(steps)s::int[],
+        %(errors)s::text[], %(updated)s::timestamptz[], %(compensations)s::jsonb[],
+        %(terminal)s::boolean[]
+    ) AS v(id, token, status, current_step, error_message, updated_at, compensation, terminal)
+),
+{_HELD},
+written AS (
+    UPDATE {{schema}}.saga_states AS s
+    SET status = v.status,
+        current_step = v.current_step,
+        error_message = v.error_message,
+        updated_at = v.updated_at,
+        compensation = v.compensation,
+        lease_owner = CASE WHEN v.terminal THEN NULL ELSE s.lease_owner END,
+        lease_expires_at = CASE WHEN v.terminal THEN NULL
+                                ELSE now() + make_interval(secs => %(lease_secs)s) END
+    FROM v JOIN held ON held.id = v.id
+    WHERE s.id = v.id
+    RETURNING s.id, s.cancel_requested
+),
+logs AS (
+    INSERT INTO {{schema}}.saga_step_logs (
+        id, saga_id, step_index, step_name, action, status, request_payload,
+        response_payload, error_message, started_at, completed_at)
+    SELECT l.id, l.saga_id, l.step_index, l.step_name, l.action, l.status, l.request_payload,
+           l.response_payload, l.error_message, l.started_at, l.completed_at
+    FROM unnest(
+        %(log_ids)s::uuid[], %(log_saga_ids)s::uuid[], %(log_steps)s::int[],
+        %(log_names)s::text[], %(log_actions)s::text[], %(log_statuses)s::text[],
+        %(log_requests)s::jsonb[], %(log_responses)s::jsonb[], %(log_errors)s::text[],
+        %(log_started)s::timestamptz[], %(log_completed)s::timestamptz[]
+    ) WITH ORDINALITY AS l(id, saga_id, step_index, step_name, action, status,
+                           request_payload, response_payload, error_message, started_at,
+                           completed_at, ord)
+    WHERE l.saga_id IN (SELECT id FROM written)
+    ORDER BY l.ord
+    ON CONFLICT (id) DO NOTHING
+),
+events AS (
+    INSERT INTO {{schema}}.outbox (event_id, saga_id, event_type, body)
+    SELECT e.event_id, e.saga_id, e.event_type, e.body
+    FROM unnest(
+        %(event_ids)s::uuid[], %(event_saga_ids)s::uuid[], %(event_types)s::text[],
+        %(event_bodies)s::jsonb[]
+    ) WITH ORDINALITY AS e(event_id, saga_id, event_type, body, ord)
+    WHERE e.saga_id IN (SELECT id FROM written)
+    ORDER BY e.ord
+    ON CONFLICT (event_id) DO NOTHING
+)
+SELECT v.id,
+       written.id IS NOT NULL AS written,
+       COALESCE(written.cancel_requested, s.cancel_requested, FALSE) AS cancel_requested
+FROM v
+LEFT JOIN written ON written.id = v.id
+LEFT JOIN {{schema}}.saga_states AS s ON s.id = v.id
+"""
+
+_REGISTER_WORKFLOW = """
+INSERT INTO {schema}.workflow_definitions (name, version, definition)
+SELECT %(name)s::text, COALESCE(MAX(version), 0) + 1, %(definition)s
+FROM {schema}.workflow_definitions WHERE name = %(name)s::text
+RETURNING version
+"""
+
+_GET_WORKFLOW_VERSION = """
+SELECT name, version, definition FROM {schema}.workflow_definitions
+WHERE name = %s AND version = %s
+"""
+
+_GET_WORKFLOW_LATEST = """
+SELECT name, version, definition FROM {schema}.workflow_definitions
+WHERE name = %s ORDER BY version DESC LIMIT 1
+"""
+
+_LIST_WORKFLOWS = """
+SELECT DISTINCT ON (name) name, version, definition FROM {schema}.workflow_definitions
+ORDER BY name, version DESC
+"""
+
+# A row is handed out only when every older unpublished row of its saga is in this same claim or
+# already held (live) by this owner: a row held by another relay, or locked right now by a
+# concurrent claim (so not in `candidate`), holds back the newer rows of its saga.
+_CLAIM_OUTBOX = """
+WITH candidate AS (
+    SELECT seq, saga_id FROM {schema}.outbox
+    WHERE published_at IS NULL
+      AND (claim_expires_at IS NULL OR claim_expires_at < now())
+    ORDER BY seq
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+ready AS (
+    SELECT c.seq FROM candidate AS c
+    WHERE NOT EXISTS (
+        SELECT 1 FROM {schema}.outbox AS older
+        WHERE older.saga_id = c.saga_id
+          AND older.published_at IS NULL
+          AND older.seq < c.seq
+          AND older.seq NOT IN (SELECT seq FROM candidate)
+          AND NOT (older.claimed_by IS NOT DISTINCT FROM %(owner)s
+                   AND older.claim_expires_at >= now())
+    )
+)
+UPDATE {schema}.outbox AS o
+SET claimed_by = %(owner)s,
+    claim_expires_at = now() + make_interval(secs => %(lease_secs)s)
+FROM ready
+WHERE o.seq = ready.seq
+RETURNING o.seq, o.event_id, o.saga_id, o.event_type, o.body
+"""
+
+_MARK_PUBLISHED = """
+UPDATE {schema}.outbox SET published_at = now()
+WHERE seq = ANY(%s::bigint[]) AND published_at IS NULL
+"""
+
+_OUTBOX_STATS = """
+SELECT (SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL) AS unpublished,
+       EXTRACT(EPOCH FROM now() - (
+           SELECT created_at FROM {schema}.outbox WHERE published_at IS NULL
+           ORDER BY seq LIMIT 1)) AS oldest_age
+"""
+
+_PRUNE_OUTBOX = """
+DELETE FROM {schema}.outbox
+WHERE published_at IS NOT NULL AND published_at <= now() - make_interval(secs => %s)
+"""
+
+_SESSION_SETUP = """
+SELECT set_config('saga.keep_updated_at', 'on', false), set_config('TimeZone', 'UTC', false)
+"""
+
+
+def list_statements(schema: str, filters: SagaFilter) -> tuple[str, str, list[Any]]:
+    """(count SQL, page SQL, filter parameters) of `list_sagas`; the page SQL takes LIMIT and
+    OFFSET as two more parameters. Exposed so tests can EXPLAIN exactly what runs."""
+    conditions: list[str] = []
+    params: list[Any] = []
+    if filters.workflow_name is not None:
+        conditions.append("workflow_name = %s")
+        params.append(filters.workflow_name)
+    if filters.status is not None:
+        conditions.append("status = %s")
+        params.append(SagaStatus(filters.status).value)
+    if filters.correlation_id is not None:
+        conditions.append("correlation_id = %s")
+        params.append(filters.correlation_id)
+    where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+    count_sql = qualify(f"SELECT count(*) AS n FROM {{schema}}.saga_states{where}", schema)
+    page_sql = qualify(
+        f"SELECT {_STATE_COLUMNS} FROM {{schema}}.saga_states{where}"
+        " ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s",
+        schema,
+    )
+    return count_sql, page_sql, params
+
+
+# --------------------------------------------------------------------------- conversions
+
+
+def _json_default(value: object) -> object:
+    # Core values are read-only Mappings and tuples; JSON wants dicts and lists.
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, default=_json_default, separators=(",", ":"))
+
+
+def _jsonb(value: object | None) -> Jsonb | None:
+    return None if value is None else Jsonb(value, dumps=_dumps)
+
+
+def _uuid(saga_id: str) -> uuid.UUID | None:
+    """The id as a UUID, or None when it is not one (so it names no saga)."""
+    try:
+        return uuid.UUID(saga_id)
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
+def _utc_required(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+def _state_from_row(row: Mapping[str, Any]) -> SagaState:
+    return SagaState(
+        saga_id=str(row["id"]),
+        workflow_name=row["workflow_name"],
+        workflow_version=row["workflow_version"],
+        status=SagaStatus(row["status"]),
+        current_step=row["current_step"],
+        payload=row["payload"] if row["payload"] is not None else {},
+        correlation_id=row["correlation_id"],
+        initiated_by=row["initiated_by"],
+        error_message=row["error_message"],
+        created_at=_utc_required(row["created_at"]),
+        updated_at=_utc_required(row["updated_at"]),
+        compensation=compensation_from_dict(row["compensation"]),
+    )
+
+
+def _log_from_row(row: Mapping[str, Any]) -> StepLog:
+    return StepLog(
+        id=str(row["id"]),
+        saga_id=str(row["saga_id"]),
+        step_index=row["step_index"],
+        step_name=row["step_name"],
+        action=Action(row["action"]),
+        status=StepStatus(row["status"]),
+        request_payload=row["request_payload"],
+        response_payload=row["response_payload"],
+        error_message=row["error_message"],
+        started_at=_utc_required(row["started_at"]),
+        completed_at=_utc(row["completed_at"]),
+    )
+
+
+def _workflow_from_row(row: Mapping[str, Any]) -> Workflow:
+    definition = dict(row["definition"])
+    definition.pop("version", None)
+    return evolve(workflow_from_dict(definition), name=row["name"], version=row["version"])
+
+
+def event_body(event: SagaEvent) -> dict[str, Any]:
+    """The event as published (SPEC §6)."""
+    return {
+        "event_id": event.event_id,
+        "event_type": event.event_type.value,
+        "saga_id": event.saga_id,
+        "workflow_name": event.workflow_name,
+        "status": event.status.value,
+        "current_step": event.current_step,
+        "correlation_id": event.correlation_id,
+        "error_message": event.error_message,
+        "payload": event.payload,
+        "timestamp": format_timestamp(event.timestamp),
+    }
+
+
+def _configure_session(conn: Connection[Any]) -> None:
+    # Store writes set updated_at themselves (see the trigger in 0001_initial.sql); timestamps
+    # come back in UTC. The pool runs this on every new connection (autocommit: no open txn).
+    conn.execute(_SESSION_SETUP)
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class PostgresStore(Store):
+    """A `Store` on PostgreSQL, with a connection pool that heals itself after a server restart.
+
+    When the server is unreachable, calls raise `psycopg.OperationalError` (a
+    `psycopg_pool.PoolTimeout` after `timeout` seconds at most) instead of hanging.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        schema: str = "saga",
+        outbox: bool = False,
+        min_size: int = 1,
+        max_size: int = 10,
+        migrate: bool = True,
+        timeout: float = 10.0,
+        reconnect_timeout: float = 60.0,
+    ) -> None:
+        self._schema = validate_schema(schema)
+        self._outbox = outbox
+        if migrate:
+            applied = migrate_postgres(conninfo, schema)
+            if applied:
+                log.info("schema %s migrated to version %d", schema, applied[-1])
+        kwargs = connect_kwargs(conninfo, autocommit=True)
+        if "application_name" not in conninfo_to_dict(conninfo):
+            kwargs["application_name"] = "saga-store"
+        self._pool: ConnectionPool[Connection[Any]] = ConnectionPool(
+            conninfo,
+            kwargs=kwargs,
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            configure=_configure_session,
+            # A connection that died with the server is found and replaced before it is
+            # handed out, so a restart costs no failed call once the server is back.
+            check=ConnectionPool.check_connection,
+            timeout=timeout,
+            reconnect_timeout=reconnect_timeout,
+            name=f"saga-store-{schema}",
+        )
+        self._pool.open(wait=True, timeout=timeout)
+        q = self._q
+        self._create_saga = q(_CREATE_SAGA)
+        self._saga_by_key = q(_SAGA_BY_IDEMPOTENCY_KEY)
+        self._get_saga = q(_GET_SAGA)
+        self._get_step_logs = q(_GET_STEP_LOGS)
+        self._request_cancel = q(_REQUEST_CANCEL)
+        self._is_cancel_requested = q(_IS_CANCEL_REQUESTED)
+        self._claim = q(_CLAIM)
+        self._renew = q(_RENEW)
+        self._release = q(_RELEASE)
+        self._commit = q(_COMMIT)
+        self._register_workflow = q(_REGISTER_WORKFLOW)
+        self._get_workflow_version = q(_GET_WORKFLOW_VERSION)
+        self._get_workflow_latest = q(_GET_WORKFLOW_LATEST)
+        self._list_workflows = q(_LIST_WORKFLOWS)
+        self._claim_outbox = q(_CLAIM_OUTBOX)
+        self._mark_published = q(_MARK_PUBLISHED)
+        self._outbox_stats = q(_OUTBOX_STATS)
+        self._prune_outbox = q(_PRUNE_OUTBOX)
+
+    @property
+    def schema(self) -> str:
+        return self._schema
+
+    def _q(self, sql: str) -> str:
+        return qualify(sql, self._schema)
+
+    def _rows(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[dict[str, Any]]:
+        with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description is not None else []
+
+    def _rowcount(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> int:
+        with self._pool.connection() as conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.rowcount
+
+    # ---------------------------------------------------------------- workflows
+
+    def register_workflow(self, workflow: Workflow) -> Workflow:
+        definition = workflow_to_dict(workflow)
+        definition.pop("version", None)
+        with self._pool.connection() as conn, conn.transaction():
+            # MAX(version)+1 alone races for a new name (no row to lock); this lock serialises
+            # registrations of one name until commit.
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                (LOCK_WORKFLOW, f"{self._schema}.{workflow.name}"),
+            )
+            row = conn.execute(
+                self._register_workflow,
+                {"name": workflow.name, "definition": _jsonb(definition)},
+            ).fetchone()
+        assert row is not None
+        return evolve(workflow, version=int(row[0]))
+
+    def get_workflow(self, name: str, version: int | None = None) -> Workflow | None:
+        if version is None:
+            rows = self._rows(self._get_workflow_latest, (name,))
+        else:
+            rows = self._rows(self._get_workflow_version, (name, version))
+        return _workflow_from_row(rows[0]) if rows else None
+
+    def list_workflows(self) -> list[Workflow]:
+        return [_workflow_from_row(row) for row in self._rows(self._list_workflows)]
+
+    # ---------------------------------------------------------------- sagas (API side)
+
+    def create_saga(
+        self,
+        state: SagaState,
+        *,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+    ) -> tuple[SagaState, str | None, bool]:
+        params = {
+            "id": uuid.UUID(state.saga_id),
+            "workflow_name": state.workflow_name,
+            "workflow_version": state.workflow_version,
+            "status": SagaStatus(state.status).value,
+            "current_step": state.current_step,
+            "payload": _jsonb(state.payload),
+            "correlation_id": state.correlation_id,
+            "initiated_by": state.initiated_by,
+            "error_message": state.error_message,
+            "created_at": state.created_at,
+            "updated_at": state.updated_at,
+            "compensation": _jsonb(compensation_to_dict(state.compensation)),
+            "idempotency_key": idempotency_key,
+            "request_hash": request_hash,
+        }
+        # Another request with the same key may commit between our INSERT and SELECT, or (rarely)
+        # the row it names may be gone by then; a few rounds settle either way.
+        for _ in range(5):
+            rows = self._rows(self._create_saga, params)
+            if rows:
+                return _state_from_row(rows[0]), rows[0]["request_hash"], True
+            existing = self._rows(self._saga_by_key, (idempotency_key,))
+            if existing:
+                return _state_from_row(existing[0]), existing[0]["request_hash"], False
+        raise RuntimeError(f"idempotency key {idempotency_key!r} neither inserted nor found")
+
+    def get_saga(self, saga_id: str) -> SagaState | None:
+        sid = _uuid(saga_id)
+        if sid is None:
+            return None
+        rows = self._rows(self._get_saga, (sid,))
+        return _state_from_row(rows[0]) if rows else None
+
+    def get_step_logs(self, saga_id: str) -> list[StepLog]:
+        sid = _uuid(saga_id)
+        if sid is None:
+            return []
+        return [_log_from_row(row) for row in self._rows(self._get_step_logs, (sid,))]
+
+    def list_sagas(self, filters: SagaFilter, page: int, page_size: int) -> SagaPage:
+        if page < 1 or page_size < 1:
+            raise ValueError(f"page ({page}) and page_size ({page_size}) must be >= 1")
+        count_sql, page_sql, params = list_statements(self._schema, filters)
+        with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(count_sql, params)
+            count_row = cur.fetchone()
+            total = int(count_row["n"]) if count_row else 0
+            cur.execute(page_sql, [*params, page_size, (page - 1) * page_size])
+            rows = cur.fetchall()
+        return SagaPage(
+            sagas=tuple(_state_from_row(row) for row in rows),
+            total_count=total,
+            page=page,
+            page_size=page_size,
+        )
+
+    def request_cancel(self, saga_id: str) -> SagaState | None:
+        sid = _uuid(saga_id)
+        if sid is None:
+            return None
+        rows = self._rows(self._request_cancel, {"id": sid})
+        return _state_from_row(rows[0]) if rows else None
+
+    def is_cancel_requested(self, saga_id: str) -> bool:
+        sid = _uuid(saga_id)
+        if sid is None:
+            return False
+        rows = self._rows(self._is_cancel_requested, (sid,))
+        return bool(rows[0]["cancel_requested"]) if rows else False
+
+    # ---------------------------------------------------------------- execution
+
+    def claim(self, owner: str, limit: int, lease_secs: float) -> list[Claimed]:
+        if limit <= 0:
+            return []
+        rows = self._rows(
+            self._claim, {"owner": owner, "limit": limit, "lease_secs": float(lease_secs)}
+        )
+        claimed = [
+            Claimed(
+                state=_state_from_row(row),
+                lease_token=int(row["lease_token"]),
+                cancel_requested=bool(row["cancel_requested"]),
+                taken_over=row["prev_owner"] is not None and row["prev_owner"] != owner,
+            )
+            for row in rows
+        ]
+        claimed.sort(key=lambda c: (c.state.created_at, c.state.saga_id))
+        return claimed
+
+    def _lease_arrays(self, leases: dict[str, int]) -> tuple[list[uuid.UUID], list[int]]:
+        ids: list[uuid.UUID] = []
+        tokens: list[int] = []
+        for saga_id, token in leases.items():
+            sid = _uuid(saga_id)
+            if sid is not None:
+                ids.append(sid)
+                tokens.append(token)
+        return ids, tokens
+
+    def renew(self, owner: str, leases: dict[str, int], lease_secs: float) -> set[str]:
+        ids, tokens = self._lease_arrays(leases)
+        if not ids:
+            return set()
+        rows = self._rows(
+            self._renew,
+            {"owner": owner, "ids": ids, "tokens": tokens, "lease_secs": float(lease_secs)},
+        )
+        held = {str(row["id"]) for row in rows}
+        # Answer with the caller's spelling of each id.
+        return {saga_id for saga_id in leases if str(_uuid(saga_id)) in held}
+
+    def release(self, owner: str, leases: dict[str, int]) -> None:
+        ids, tokens = self._lease_arrays(leases)
+        if ids:
+            self._rowcount(self._release, {"owner": owner, "ids": ids, "tokens": tokens})
+
+    def commit(
+        self, owner: str, requests: Sequence[CommitRequest], lease_secs: float
+    ) -> list[CommitResult]:
+        if not requests:
+            return []
+        # One statement per "round": a saga that appears twice in the batch has its second
+        # commit in the next round (an UPDATE ... FROM applies one row per target only).
+        rounds: list[list[int]] = []
+        seen: dict[str, int] = {}
+        for index, request in enumerate(requests):
+            n = seen.get(request.commit.state.saga_id, 0)
+            seen[request.commit.state.saga_id] = n + 1
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append(index)
+
+        outcome: dict[int, tuple[bool, bool]] = {}
+        with self._pool.connection() as conn:
+            if len(rounds) == 1:
+                outcome.update(self._commit_round(conn, owner, requests, rounds[0], lease_secs))
+            else:
+                with conn.transaction():
+                    for indexes in rounds:
+                        outcome.update(
+                            self._commit_round(conn, owner, requests, indexes, lease_secs)
+                        )
+        results: list[CommitResult] = []
+        for index, request in enumerate(requests):
+            written, cancel_requested = outcome.get(index, (False, False))
+            results.append(
+                CommitResult(
+                    saga_id=request.commit.state.saga_id,
+                    fenced=not written,
+                    cancel_requested=cancel_requested,
+                )
+            )
+        return results
+
+    def _commit_round(
+        self,
+        conn: Connection[Any],
+        owner: str,
+        requests: Sequence[CommitRequest],
+        indexes: list[int],
+        lease_secs: float,
+    ) -> dict[int, tuple[bool, bool]]:
+        params = self._commit_params(owner, [requests[i] for i in indexes], lease_secs)
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(self._commit, params)
+            by_id = {
+                str(row["id"]): (bool(row["written"]), bool(row["cancel_requested"]))
+                for row in cur.fetchall()
+            }
+        outcome: dict[int, tuple[bool, bool]] = {}
+        for i in indexes:
+            sid = _uuid(requests[i].commit.state.saga_id)
+            outcome[i] = by_id.get(str(sid), (False, False))
+        return outcome
+
+    def _commit_params(
+        self, owner: str, requests: Sequence[CommitRequest], lease_secs: float
+    ) -> dict[str, Any]:
+        p: dict[str, Any] = {
+            "owner": owner,
+            "lease_secs": float(lease_secs),
+            "ids": [],
+            "tokens": [],
+            "statuses": [],
+            "steps": [],
+            "errors": [],
+            "updated": [],
+            "compensations": [],
+            "terminal": [],
+            "log_ids": [],
+            "log_saga_ids": [],
+            "log_steps": [],
+            "log_names": [],
+            "log_actions": [],
+            "log_statuses": [],
+            "log_requests": [],
+            "log_responses": [],
+            "log_errors": [],
+            "log_started": [],
+            "log_completed": [],
+            "event_ids": [],
+            "event_saga_ids": [],
+            "event_types": [],
+            "event_bodies": [],
+        }
+        for request in requests:
+            state = request.commit.state
+            sid = _uuid(state.saga_id)
+            if sid is None:
+                # Names no stored saga: reported fenced, like any saga we do not hold.
+                continue
+            status = SagaStatus(state.status)
+            p["ids"].append(sid)
+            p["tokens"].append(request.lease_token)
+            p["statuses"].append(status.value)
+            p["steps"].append(state.current_step)
+            p["errors"].append(state.error_message)
+            p["updated"].append(state.updated_at)
+            p["compensations"].append(_jsonb(compensation_to_dict(state.compensation)))
+            p["terminal"].append(status.terminal)
+            for step_log in request.commit.step_logs:
+                p["log_ids"].append(uuid.UUID(step_log.id))
+                p["log_saga_ids"].append(sid)
+                p["log_steps"].append(step_log.step_index)
+                p["log_names"].append(step_log.step_name)
+                p["log_actions"].append(Action(step_log.action).value)
+                p["log_statuses"].append(StepStatus(step_log.status).value)
+                p["log_requests"].append(_jsonb(step_log.request_payload))
+                p["log_responses"].append(_jsonb(step_log.response_payload))
+                p["log_errors"].append(step_log.error_message)
+                p["log_started"].append(step_log.started_at)
+                p["log_completed"].append(step_log.completed_at)
+            if self._outbox:
+                for event in request.commit.events:
+                    p["event_ids"].append(uuid.UUID(event.event_id))
+                    p["event_saga_ids"].append(sid)
+                    p["event_types"].append(event.event_type.value)
+                    p["event_bodies"].append(_jsonb(event_body(event)))
+        return p
+
+    # ---------------------------------------------------------------- outbox
+
+    def outbox_enabled(self) -> bool:
+        return self._outbox
+
+    def claim_outbox(self, owner: str, limit: int, lease_secs: float) -> list[OutboxRow]:
+        if limit <= 0:
+            return []
+        rows = self._rows(
+            self._claim_outbox, {"owner": owner, "limit": limit, "lease_secs": float(lease_secs)}
+        )
+        out = [
+            OutboxRow(
+                seq=int(row["seq"]),
+                event_id=str(row["event_id"]),
+                saga_id=str(row["saga_id"]),
+                event_type=row["event_type"],
+                body=row["body"],
+            )
+            for row in rows
+        ]
+        out.sort(key=lambda r: r.seq)
+        return out
+
+    def mark_published(self, seqs: Sequence[int]) -> None:
+        if seqs:
+            self._rowcount(self._mark_published, ([int(s) for s in seqs],))
+
+    def outbox_stats(self) -> tuple[int, float | None]:
+        rows = self._rows(self._outbox_stats)
+        row = rows[0]
+        age = row["oldest_age"]
+        return int(row["unpublished"]), (None if age is None else max(0.0, float(age)))
+
+    def prune_outbox(self, older_than_secs: float) -> int:
+        return self._rowcount(self._prune_outbox, (float(older_than_secs),))
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def ping(self) -> None:
+        with self._pool.connection() as conn:
+            conn.execute("SELECT 1")
+
+    def close(self) -> None:
+        self._pool.close()
