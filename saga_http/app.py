@@ -108,10 +108,16 @@ def create_app(config: Config, engine: Engine | None = None) -> Flask:
     _warn_open_once()
     if engine is None:
         engine = Engine.from_config(config)
-        engine.start()
+        try:
+            engine.start()
+        except BaseException:
+            engine.close(grace_secs=0)
+            raise
 
     app = Flask("saga_http", static_folder=None)
-    app.config["MAX_CONTENT_LENGTH"] = config.limits.request_body_bytes
+    # One byte over the limit: werkzeug stops a chunked body at exactly MAX_CONTENT_LENGTH
+    # without an error, so reading limit + 1 bytes is how `read_json_object` sees the excess.
+    app.config["MAX_CONTENT_LENGTH"] = config.limits.request_body_bytes + 1
     app.extensions["saga_engine"] = engine
     app.extensions["saga_config"] = config
     api = _Api(config, engine)
@@ -259,13 +265,13 @@ def read_json_object(config: Config) -> dict[str, Any]:
     anything else (wrong Content-Type, not UTF-8, malformed JSON, not an object)."""
     mimetype = request.mimetype
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
-        raise ValidationError(f"Content-Type must be application/json, not {mimetype}")
+        raise ValidationError(f"Content-Type must be application/json, not {mimetype[:100]}")
     limit = config.limits.request_body_bytes
     declared = request.content_length
     if declared is not None and declared > limit:
         raise PayloadTooLarge()
-    # Werkzeug reads at most MAX_CONTENT_LENGTH (a chunked body too) and raises 413 past it;
-    # a body without Content-Length and not chunked is read as empty.
+    # Werkzeug reads at most MAX_CONTENT_LENGTH (limit + 1) bytes, of a chunked body too; a
+    # body with neither Content-Length nor chunking is read as empty.
     raw = request.get_data(cache=False)
     if len(raw) > limit:
         raise PayloadTooLarge()
@@ -284,10 +290,13 @@ def read_json_object(config: Config) -> dict[str, Any]:
         raise ValidationError(
             f"malformed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         ) from None
+    except ValueError:  # e.g. an integer over Python's 4300-digit conversion limit
+        raise ValidationError("malformed JSON: a number is too long") from None
     if not isinstance(value, dict):
         raise ValidationError("request body: must be a JSON object")
-    # The body is one level above the fields, so a payload may use the whole limit itself.
-    _check_depth(value, max_depth + 1)
+    for name, field in value.items():
+        if name != "payload":  # the engine checks the payload itself, naming it
+            _check_depth(field, name, max_depth)
     return value
 
 
@@ -295,13 +304,13 @@ def _refuse_constant(name: str) -> Any:
     raise ValidationError(f"malformed JSON: {name} is not a JSON value")
 
 
-def _check_depth(value: Any, max_depth: int) -> None:
+def _check_depth(value: Any, field: str, max_depth: int) -> None:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict | list):
             if depth > max_depth:
-                raise ValidationError(f"request body: nested deeper than {max_depth} levels")
+                raise ValidationError(f"{field[:64]}: nested deeper than {max_depth} levels")
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, depth + 1) for child in children)
 

@@ -153,9 +153,7 @@ def _schemas(config: Config) -> dict[str, Any]:
             },
             "required": ["workflow_name"],
         },
-        "StartSagaResponse": _closed(
-            {"saga_id": _ref("SagaId"), "status": _ref("SagaStatus")}
-        ),
+        "StartSagaResponse": _closed({"saga_id": _ref("SagaId"), "status": _ref("SagaStatus")}),
         "CancelSagaResponse": _closed(
             {
                 "success": {"const": True},
@@ -192,9 +190,7 @@ def _schemas(config: Config) -> dict[str, Any]:
                 "version": {"type": "integer", "minimum": 1, "description": "latest version"},
             }
         ),
-        "WorkflowList": _closed(
-            {"workflows": {"type": "array", "items": _ref("WorkflowSummary")}}
-        ),
+        "WorkflowList": _closed({"workflows": {"type": "array", "items": _ref("WorkflowSummary")}}),
     }
 
 

@@ -75,6 +75,7 @@ class LazyApp:
             self._app = None
             self._pid = None
         if engine is not None:
+            log.info("REST worker %d closing its engine", os.getpid())
             engine.close(grace_secs=min(10.0, engine.config.saga.lease_secs))
 
 

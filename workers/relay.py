@@ -72,6 +72,7 @@ class OutboxRelay:
         self._down_since: float | None = None
         self._last_error_log = 0.0
         self._quiet = True  # the last round found little: look before claiming
+        self._suspects: set[str] = set()  # sagas with a failed row in the last round
         self.published = 0  # rows this relay saw acknowledged (tests and logs)
 
     # ---------------------------------------------------------------- lifecycle
@@ -116,9 +117,15 @@ class OutboxRelay:
                     self._prune(self._retention)
                 try:
                     outcome = self._cycle()
-                except Exception:
-                    # A store error or a bug: never let the thread die; try again later.
-                    log.exception("outbox relay cycle failed; retrying in %.1fs", backoff)
+                except Exception as exc:
+                    # A store error or a bug: never let the thread die; try again later (the
+                    # traceback once per streak of failures, then one line each).
+                    log.warning(
+                        "outbox relay round failed (%s); retrying in %.1fs",
+                        _reason(exc),
+                        backoff,
+                        exc_info=backoff == _BACKOFF_START_SECS,
+                    )
                     outcome = "failed"
                 self._quiet = outcome != "busy"
                 if outcome == "failed":
@@ -137,8 +144,9 @@ class OutboxRelay:
         self._wake.clear()
 
     def _cycle(self) -> str:
-        """One claim-send-mark round: "busy" (a full batch went out; go again at once), "idle"
-        (nothing left, or part of a batch failed per row) or "failed" (back off)."""
+        """One claim-send-mark round: "busy" (a full batch went out, or rows were held back: go
+        again at once), "idle" (nothing left, or some rows failed while others went through:
+        poll again) or "failed" (nothing went through: back off)."""
         if self._producer is None or self._quiet:
             # A read first, so an idle relay takes no write lock, and no producer is made
             # while there is nothing to send.
@@ -152,7 +160,7 @@ class OutboxRelay:
         rows = self._store.claim_outbox(self.owner, self._batch, self._lease)
         if not rows:
             return "idle"
-        acked, failures = self._send(rows)
+        acked, failures, held_back = self._send(rows)
         if acked:
             self._store.mark_published(acked)
             self.published += len(acked)
@@ -166,24 +174,38 @@ class OutboxRelay:
                 time.monotonic() - self._down_since,
             )
             self._down_since = None
-        if failures and not acked:
-            return "failed"
-        return "busy" if len(rows) == self._batch and not failures else "idle"
+        if failures:
+            # Nothing got through: back off. Some did: per-row trouble; the rest flows on.
+            return "idle" if acked else "failed"
+        return "busy" if held_back or len(rows) == self._batch else "idle"
 
     # ---------------------------------------------------------------- sending
 
-    def _send(self, rows: Sequence[OutboxRow]) -> tuple[list[int], list[tuple[OutboxRow, str]]]:
-        """Send every row, wait for every answer; return the seqs to mark published (per saga,
-        only those before its first failure) and the failures as (row, reason)."""
+    def _send(
+        self, rows: Sequence[OutboxRow]
+    ) -> tuple[list[int], list[tuple[OutboxRow, str]], int]:
+        """Send the rows and wait for every answer. Returns the seqs to mark published (per
+        saga, only those before its first failed or unsent row), the failures as (row, reason),
+        and how many rows were held back unsent (they stay claimed and go next round)."""
         from kafka.errors import KafkaTimeoutError
 
         producer = self._producer
         sent: list[tuple[OutboxRow, Any]] = []
         failed: dict[int, str] = {}
+        # Sagas whose later rows must not go out this round: after a row that could not be
+        # sent (they would overtake it), and after the first row of a saga that failed last
+        # round (one at a time until one goes through, so a row the broker keeps refusing
+        # does not drag its saga's later rows out again and again as duplicates).
+        halted: set[str] = set()
+        held_back = 0
         broken = False
         for row in rows:
+            if row.saga_id in halted:
+                held_back += 1
+                continue
             if broken:
                 failed[row.seq] = "not sent: the producer could not send an earlier row"
+                halted.add(row.saga_id)
                 continue
             try:
                 future = producer.send(
@@ -196,12 +218,16 @@ class OutboxRelay:
             except KafkaTimeoutError as exc:
                 # No metadata within max_block_ms: the broker is away; the rest would wait too.
                 failed[row.seq] = _reason(exc)
+                halted.add(row.saga_id)
                 broken = True
                 continue
-            except Exception as exc:  # e.g. a record over the broker's size limit
+            except Exception as exc:  # e.g. a record over the producer's size limit
                 failed[row.seq] = _reason(exc)
+                halted.add(row.saga_id)
                 continue
             sent.append((row, future))
+            if row.saga_id in self._suspects:
+                halted.add(row.saga_id)
         deadline = time.monotonic() + self._wait_secs
         pending = False
         for row, future in sent:
@@ -209,10 +235,13 @@ class OutboxRelay:
             if error is not None:
                 failed[row.seq] = error
                 pending = pending or not future.is_done
-        if broken or pending or (failed and len(failed) == len(rows)):
-            # Nothing got through, or records may still be in flight: start over with a fresh
-            # producer so a stale record cannot land after its saga's later ones are resent.
+        got_through = any(row.seq not in failed for row, _ in sent)
+        if broken or pending or (sent and not got_through):
+            # The producer looks stuck (nothing it took got through, or records may still be
+            # in flight): start over with a fresh one, so a stale record cannot land after its
+            # saga's later ones are resent.
             self._close_producer(0.0)
+        sent_seqs = {row.seq for row, _ in sent}
         acked: list[int] = []
         blocked: set[str] = set()
         failures: list[tuple[OutboxRow, str]] = []
@@ -222,9 +251,12 @@ class OutboxRelay:
             if row.seq in failed:
                 blocked.add(row.saga_id)
                 failures.append((row, failed[row.seq]))
-                continue
-            acked.append(row.seq)
-        return acked, failures
+            elif row.seq not in sent_seqs:
+                blocked.add(row.saga_id)
+            else:
+                acked.append(row.seq)
+        self._suspects = {row.saga_id for row, _ in failures}
+        return acked, failures, held_back
 
     def _connect(self) -> bool:
         """Create the producer; False (and logged) when the broker cannot be reached."""

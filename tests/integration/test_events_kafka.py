@@ -525,6 +525,53 @@ def test_two_relays_on_one_store_keep_per_saga_order_and_lose_nothing(
         cleanup()
 
 
+@pytest.mark.kafka
+def test_an_event_the_producer_refuses_holds_back_only_its_own_saga(tmp_path: Path) -> None:
+    """A row that can never be sent (over the producer's size limit) stops only its saga's
+    events, without duplicates of its later rows; other sagas' events keep flowing."""
+    bootstrap = require_kafka()
+    topic = new_topic()
+    path = str(tmp_path / "saga.sqlite3")
+    store = SqliteStore(path, outbox=True)
+    stuck, flowing = str(uuid.uuid4()), str(uuid.uuid4())
+
+    def body(saga_id: str, kind: str, pad: int = 0) -> dict[str, Any]:
+        return {
+            "event_id": event_id(saga_id, EventType(kind)),
+            "saga_id": saga_id,
+            "pad": "x" * pad,
+        }
+
+    rows = [
+        (stuck, "SAGA_RUNNING", body(stuck, "SAGA_RUNNING", pad=2_000_000)),
+        (flowing, "SAGA_RUNNING", body(flowing, "SAGA_RUNNING")),
+        (stuck, "SAGA_COMPLETED", body(stuck, "SAGA_COMPLETED")),
+        (flowing, "SAGA_COMPLETED", body(flowing, "SAGA_COMPLETED")),
+    ]
+    with sqlite3.connect(path) as db:
+        db.executemany(
+            "INSERT INTO outbox (event_id, saga_id, event_type, body, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(b["event_id"], sid, kind, json.dumps(b), time.time()) for sid, kind, b in rows],
+        )
+    errors_before = publish_errors()
+    relay = OutboxRelay(store, kafka_config(bootstrap, topic), poll_interval_secs=0.02)
+    relay.start()
+    try:
+        want = {rows[1][2]["event_id"], rows[3][2]["event_id"]}
+        wait_until(lambda: publish_errors() >= errors_before + 5, 30, "repeated send failures")
+        messages = consume(bootstrap, topic, want, timeout=30, settle=2.0)
+        assert [(key, b["event_id"]) for key, b in messages] == [
+            (flowing.encode(), rows[1][2]["event_id"]),
+            (flowing.encode(), rows[3][2]["event_id"]),
+        ], "the stuck saga's later event went out, or something was sent twice"
+        assert relay.published == 2
+        assert store.outbox_stats()[0] == 2
+    finally:
+        relay.stop(5)
+        store.close()
+
+
 def test_without_a_kafka_section_no_outbox_rows_are_written(
     tmp_path: Path, workflow_dir: Path, participant: int, engines: list[Engine]
 ) -> None:

@@ -377,7 +377,7 @@ def test_renew_and_commit_at_once_do_not_deadlock(stores: Callable[..., Postgres
     assert sum(in_threads(4, work)) == 2
 
 
-def test_outbox_rows_locked_by_one_relay_hold_back_that_saga(
+def test_outbox_row_held_by_one_relay_holds_back_that_saga(
     stores: Callable[..., PostgresStore], url: str, schema: str
 ) -> None:
     """While a relay holds a saga's oldest event, other relays get none of its later events."""
@@ -452,9 +452,7 @@ def test_store_works_again_after_server_restart(stores: Callable[..., PostgresSt
     assert not result.fenced
 
 
-def test_store_replaces_connections_killed_by_the_server(
-    url: str, schema: str, stores: Callable[..., PostgresStore]
-) -> None:
+def test_store_replaces_connections_killed_by_the_server(url: str, schema: str) -> None:
     """Backends terminated under the pool cost no failed call: broken connections are replaced."""
     app = f"saga-test-{schema}"
     sep = "&" if "?" in url else "?"

@@ -31,14 +31,12 @@ from psycopg_pool import ConnectionPool
 from saga.codec import (
     compensation_from_dict,
     compensation_to_dict,
-    format_timestamp,
     workflow_from_dict,
     workflow_to_dict,
 )
 from saga.model import (
     ACTIVE_STATUSES,
     Action,
-    SagaEvent,
     SagaState,
     SagaStatus,
     StepLog,
@@ -54,6 +52,7 @@ from workers.store.base import (
     SagaPage,
     Store,
 )
+from workers.store.events import event_body
 from workers.store.migrate import (
     LOCK_WORKFLOW,
     connect_kwargs,
@@ -97,14 +96,17 @@ SELECT {_STATE_COLUMNS}, request_hash FROM {{schema}}.saga_states WHERE idempote
 
 _GET_SAGA = f"SELECT {_STATE_COLUMNS} FROM {{schema}}.saga_states WHERE id = %s"
 
+# Insertion order. Logs are written when a step ends, by the one executor holding the saga, so
+# this is completion order; unlike completed_at it stays right across a take-over by an executor
+# whose clock runs behind (the memory and SQLite stores order the same way).
 _GET_STEP_LOGS = f"""
 SELECT {_LOG_COLUMNS} FROM {{schema}}.saga_step_logs
 WHERE saga_id = %s
-ORDER BY completed_at ASC NULLS LAST, seq ASC
+ORDER BY seq
 """
 
-# The SELECT reads the statement's snapshot, i.e. the saga as it was before the flag was set:
-# the flag is not part of SagaState and the status cannot change, so that is the answer.
+# One round trip. The SELECT reads the statement's snapshot, i.e. the row before the flag was
+# set; that is the right answer, since the flag is not part of SagaState and nothing else moves.
 _REQUEST_CANCEL = f"""
 WITH flagged AS (
     UPDATE {{schema}}.saga_states SET cancel_requested = TRUE
@@ -133,8 +135,6 @@ claimed AS (
     SET lease_owner = %(owner)s,
         lease_token = s.lease_token + 1,
         lease_expires_at = now() + make_interval(secs => %(lease_secs)s)
-    -- = ANY(ARRAY(...)) rather than a join: always a primary-key lookup, never a hash join
-    -- over the whole table.
     WHERE s.id = ANY(ARRAY(SELECT id FROM candidate))
     RETURNING {_STATE_COLUMNS}, lease_token, cancel_requested
 )
@@ -145,6 +145,9 @@ FROM claimed JOIN candidate ON candidate.id = claimed.id
 # Statements that update several held sagas first lock them in id order (`held`): an executor's
 # renewals and commits run at the same time on overlapping sets, and a common lock order keeps
 # them from deadlocking. FOR UPDATE re-checks owner and token on the newest row version.
+#
+# Rows picked by a CTE are updated through `= ANY(ARRAY(SELECT ...))` rather than a join: that
+# is always a primary-key lookup, where a join may be planned as a hash join over the table.
 _HELD = """
 held AS (
     SELECT s.id FROM {schema}.saga_states AS s JOIN v ON v.id = s.id
@@ -158,8 +161,7 @@ WITH v AS (SELECT * FROM unnest(%(ids)s::uuid[], %(tokens)s::bigint[]) AS v(id, 
 {_HELD}
 UPDATE {{schema}}.saga_states AS s
 SET lease_expires_at = now() + make_interval(secs => %(lease_secs)s)
-FROM held
-WHERE s.id = held.id
+WHERE s.id = ANY(ARRAY(SELECT id FROM held))
 RETURNING s.id
 """
 
@@ -168,8 +170,7 @@ WITH v AS (SELECT * FROM unnest(%(ids)s::uuid[], %(tokens)s::bigint[]) AS v(id, 
 {_HELD}
 UPDATE {{schema}}.saga_states AS s
 SET lease_owner = NULL, lease_expires_at = NULL
-FROM held
-WHERE s.id = held.id
+WHERE s.id = ANY(ARRAY(SELECT id FROM held))
 """
 
 # One round trip for a whole batch. `written` holds the sagas whose lease still matched; the
@@ -286,8 +287,7 @@ ready AS (
 UPDATE {schema}.outbox AS o
 SET claimed_by = %(owner)s,
     claim_expires_at = now() + make_interval(secs => %(lease_secs)s)
-FROM ready
-WHERE o.seq = ready.seq
+WHERE o.seq = ANY(ARRAY(SELECT seq FROM ready))
 RETURNING o.seq, o.event_id, o.saga_id, o.event_type, o.body
 """
 
@@ -408,22 +408,6 @@ def _workflow_from_row(row: Mapping[str, Any]) -> Workflow:
     definition = dict(row["definition"])
     definition.pop("version", None)
     return evolve(workflow_from_dict(definition), name=row["name"], version=row["version"])
-
-
-def event_body(event: SagaEvent) -> dict[str, Any]:
-    """The event as published (SPEC §6)."""
-    return {
-        "event_id": event.event_id,
-        "event_type": event.event_type.value,
-        "saga_id": event.saga_id,
-        "workflow_name": event.workflow_name,
-        "status": event.status.value,
-        "current_step": event.current_step,
-        "correlation_id": event.correlation_id,
-        "error_message": event.error_message,
-        "payload": event.payload,
-        "timestamp": format_timestamp(event.timestamp),
-    }
 
 
 def _configure_session(conn: Connection[Any]) -> None:
