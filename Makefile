@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint unit services services-down bench clean
+.PHONY: install run demo test lint unit services services-down bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,9 +15,12 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+# REST on :8080, gRPC on :50051, saga execution; embedded SQLite in data/ (Ctrl-C stops it).
 run: $(STAMP)
-	$(BIN)/saga simulate workflows/order-fulfillment.yaml
-	$(BIN)/saga simulate workflows/order-fulfillment.yaml --fail process-payment:FAILED_PRECONDITION
+	$(BIN)/saga serve
+
+demo: $(STAMP)
+	$(BIN)/saga demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -20,8 +20,9 @@ Theory of operation. A saga is, at any time, in one of four phases:
 The executor carries out the effects of a decision in order (`Commit` before `CallParticipant`),
 then looks at the new state's phase to know which event it owes next. Only `Commit.state` is ever
 stored, and it is always idle or ended: a recovered saga is loaded idle and resumed, which is the
-same path as a fresh one. A forward step ends at a commit followed by `Resume`, which is where a
-stored cancel request is seen (SPEC §8: at the next step boundary).
+same path as a fresh one. Every forward step, the last one included, ends at a commit followed by
+`Resume`, which is where a stored cancel request is seen (SPEC §8: at the next step boundary);
+so a saga whose last step was in flight when the cancel came is compensated, not completed.
 """
 
 from __future__ import annotations
@@ -133,7 +134,6 @@ def _on_resume(state: SagaState, wf: Workflow, event: Any) -> Decision:
         if event.cancel_requested:
             return _start_compensation(state, wf, at, cancelled=True, cause=None, logs=())
         if state.current_step >= len(wf.steps):
-            # Only reachable from a state written by hand: finish it rather than loop.
             return _complete(state, at, logs=())
         return _call(state, wf, Action.EXECUTE, state.current_step, 1, at, ())
     # COMPENSATING: a stored cancel flag changes nothing any more.
@@ -146,10 +146,9 @@ def _on_step_succeeded(state: SagaState, wf: Workflow, event: Any) -> Decision:
     step = wf.steps[flight.step_index]
     log = _log(state, step.name, flight, StepStatus.SUCCESS, event.at, dict(event.response), None)
     if flight.action is Action.EXECUTE:
-        advanced = evolve(state, current_step=flight.step_index + 1, in_flight=None)
-        if advanced.current_step >= len(wf.steps):
-            return _complete(advanced, event.at, logs=(log,))
-        advanced = _stamp(advanced, event.at)
+        # Even after the last step the saga stops at a boundary: a cancel that arrived while
+        # that step was in flight is seen there, and the step is compensated with the others.
+        advanced = _stamp(state, event.at, current_step=flight.step_index + 1, in_flight=None)
         return Decision(advanced, (Commit(advanced, (log,), ()),))
     return _compensate_next(_pop_pending(state), wf, event.at, logs=(log,), events=())
 

@@ -9,6 +9,7 @@ without that config it is built on the first request. `worker_exit` calls `app.c
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -46,6 +47,9 @@ class LazyApp:
                 config = load_config()
                 self._app = create_app(config)
                 self._pid = os.getpid()
+                # Without gunicorn.conf.py's worker_exit, close at interpreter exit (a no-op
+                # when worker_exit already did).
+                atexit.register(self.close)
                 log.info(
                     "REST worker %d serving (config %s, execute=%s)",
                     self._pid,

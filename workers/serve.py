@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -48,6 +50,12 @@ def run_serve(
     config = load_or_exit(config_path)
     _apply_flags(config, host, port, grpc_port)
     setup_logging()
+    # One Prometheus multiprocess directory for this process (the executor's metrics) and the
+    # gunicorn workers, so /metrics on any worker shows them all. Set before metrics load.
+    owned_metrics_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        owned_metrics_dir = tempfile.mkdtemp(prefix="saga-prometheus-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = owned_metrics_dir
     from saga_grpc.server import build_api
     from workers.engine import Engine
 
@@ -109,5 +117,7 @@ def run_serve(
     api.health.enter_graceful_shutdown()
     server.stop(grace=5).wait(6)
     engine.close()
+    if owned_metrics_dir:
+        shutil.rmtree(owned_metrics_dir, ignore_errors=True)
     log.info("stopped")
     return code

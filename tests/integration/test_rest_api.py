@@ -801,8 +801,8 @@ def test_concurrent_starts_through_all_workers_all_complete(server: GunicornServ
 
 
 def test_sigterm_stops_every_worker_and_cleans_up(tmp_path: Path, participant: int) -> None:
-    """SIGTERM stops the master and every worker with status 0 and removes the Prometheus
-    multiprocess directory the master created."""
+    """SIGTERM stops the master and every worker with status 0, each worker closes its engine,
+    and the Prometheus multiprocess directory the master created is removed."""
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     running = GunicornServer(
@@ -819,6 +819,7 @@ def test_sigterm_stops_every_worker_and_cleans_up(tmp_path: Path, participant: i
     assert code == 0, running.log()
     assert not [pid for pid in workers if alive(pid)]
     assert not made[0].exists()
+    assert running.log().count("closing its engine") == 3  # worker_exit ran in each worker
     assert "Traceback" not in running.log()
 
 

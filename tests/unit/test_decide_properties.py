@@ -55,16 +55,19 @@ def test_every_run_ends_in_a_terminal_status_within_the_bound(scenario: Any) -> 
 
 @given(scenarios())
 def test_completed_iff_every_step_succeeded(scenario: Any) -> None:
-    """COMPLETED exactly when every forward step succeeded; then no COMPENSATE log exists."""
-    wf = scenario[0]
+    """COMPLETED exactly when every step succeeded and no cancel came; then no COMPENSATE log."""
+    wf, _, cancel_after = scenario
     result = _run(*scenario)
     logs = _logs(result)
     executed = [
         g.step_index for g in logs if g.action is Action.EXECUTE and g.status is StepStatus.SUCCESS
     ]
     all_ok = executed == list(range(len(wf.steps)))
-    assert (result.final.status is SagaStatus.COMPLETED) == all_ok
-    if all_ok:
+    assert (result.final.status is SagaStatus.COMPLETED) == (all_ok and cancel_after is None)
+    if all_ok and cancel_after is not None:
+        # A cancel seen after the last step still compensates everything.
+        assert result.final.status is SagaStatus.CANCELLED
+    if result.final.status is SagaStatus.COMPLETED:
         assert not [g for g in logs if g.action is Action.COMPENSATE]
         assert result.final.current_step == len(wf.steps)
         assert result.final.error_message is None
