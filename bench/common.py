@@ -257,6 +257,9 @@ class BenchDatabase:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
         self.url = with_dbname(admin_url, name)
+        from workers.store.migrate import migrate_postgres
+
+        migrate_postgres(self.url)
 
     def drop(self) -> None:
         import psycopg
