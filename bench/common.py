@@ -170,16 +170,16 @@ def write_workflows(directory: Path) -> Path:
     for name, n in WORKFLOWS.items():
         steps = [
             {"name": f"s{i}", "service": SERVICE, "method": f"Bench.Step{i}",
-             "compensate": f"Bench.Undo{i}", "timeout_secs": 30, "retry": retry}
+             "compensate": f"Bench.Undo{i}", "timeout_secs": 30, "retry": dict(retry)}
             for i in range(n)
         ]
         (directory / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, "steps": steps}, sort_keys=False))
     steps = [
         {"name": f"s{i}", "service": SERVICE, "method": f"Bench.Step{i}",
-         "compensate": f"Bench.Undo{i}", "timeout_secs": 30, "retry": retry}
+         "compensate": f"Bench.Undo{i}", "timeout_secs": 30, "retry": dict(retry)}
         for i in range(2)
     ] + [{"name": "s2", "service": SERVICE, "method": "Bench.Fail", "compensate": "Bench.Undo2",
-          "timeout_secs": 30, "retry": retry}]
+          "timeout_secs": 30, "retry": dict(retry)}]
     (directory / f"{COMPENSATION_WORKFLOW}.yaml").write_text(
         yaml.safe_dump({"name": COMPENSATION_WORKFLOW, "steps": steps}, sort_keys=False)
     )
