@@ -117,7 +117,7 @@ def throughput(workdir: Path, part: c.Participant, pg_url: str | None, *, quick:
     worker_counts = [1, 2] if quick else [1, 2, 4]
     workflows = (["bench-3", c.COMPENSATION_WORKFLOW] if quick
                  else ["bench-1", "bench-3", "bench-10", c.COMPENSATION_WORKFLOW])
-    step_budget = 2400 if quick else 6000
+    step_budget = 1500 if quick else 7500
     out: list[dict[str, Any]] = results.setdefault("throughput", [])
     for store in stores:
         target = StoreTarget(store, workdir / f"tp-{store}", pg_url)
@@ -129,7 +129,7 @@ def throughput(workdir: Path, part: c.Participant, pg_url: str | None, *, quick:
             if store == "sqlite":
                 n = n // 2
             for workers in worker_counts:
-                if quick and store == "sqlite" and workers > 1 and workflow != "bench-3":
+                if quick and (store == "sqlite" or workflow != "bench-3") and workers > 1:
                     continue
                 per_run = []
                 for _ in range(runs):

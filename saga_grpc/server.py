@@ -18,8 +18,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from saga_grpc.gen.k1s0.system.saga.v1 import saga_pb2_grpc
-from saga_grpc.service import SERVICE_NAME, SagaServicer
+from saga_grpc.service import (
+    SERVICE_NAME,
+    Authorizer,
+    SagaServicer,
+    add_to_server,
+    allow_all,
+    token_authorizer,
+)
+from workers.auth import TokenVerifier
 from workers.config import Config
 from workers.engine import Engine
 
@@ -39,8 +46,25 @@ class GrpcApi(NamedTuple):
     health: health.HealthServicer
 
 
+def authorizer(config: Config) -> Authorizer:
+    """Bearer-token checks when `config.auth` is set; otherwise an open API, said loudly."""
+    if config.auth is None:
+        log.warning(
+            "no auth section configured: the gRPC API is open to every caller "
+            "(development default; configure auth before exposing it)"
+        )
+        return allow_all
+    log.info(
+        "gRPC API: bearer tokens required in the authorization metadata (issuer %s, audience %s)",
+        config.auth.issuer,
+        config.auth.audience,
+    )
+    return token_authorizer(TokenVerifier.from_config(config.auth))
+
+
 def build_api(config: Config, engine: Engine) -> GrpcApi:
-    """Like `build_server`, also handing back the health service for a clean shutdown."""
+    """Like `build_server`, also handing back the health service for a clean shutdown.
+    Health and reflection stay open; `SagaService` checks tokens when `config.auth` is set."""
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.grpc.max_workers, thread_name_prefix="grpc"),
         options=[
@@ -48,7 +72,7 @@ def build_api(config: Config, engine: Engine) -> GrpcApi:
             ("grpc.max_send_message_length", config.limits.grpc_send_bytes),
         ],
     )
-    saga_pb2_grpc.add_SagaServiceServicer_to_server(SagaServicer(engine), server)
+    add_to_server(SagaServicer(engine, authorizer(config)), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
@@ -80,12 +104,6 @@ def serve(config: Config, *, stop: threading.Event | None = None) -> None:
         api = build_api(config, engine)
         api.server.start()
         log.info("gRPC API listening on %s:%d", config.grpc.host, api.port)
-        if config.auth is None:
-            log.warning("no auth section configured: the gRPC API is open to every caller")
-        else:
-            # SagaServicer's `authorize` hook is where the JWT check goes; until it is wired
-            # the configured auth section is not enforced here, and the log must say so.
-            log.error("the auth section is not enforced by the gRPC API yet: it is open")
         if stop is None:
             stop = threading.Event()
             _wait_for_signal(stop)

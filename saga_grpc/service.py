@@ -2,9 +2,11 @@
 results become proto messages and domain errors become status codes.
 
 It must never hold a business rule: every check on what a client sent lives in
-`workers.inputs` / `Engine`. The only decoding done here is what proto3 forces on us:
-payloads travel as JSON bytes, strings cannot be null ("" ↔ None), and a zero in
-`Pagination` means "use the default".
+`workers.inputs` / `Engine`, every token check in `workers.auth`. The only decoding done here
+is what proto3 forces on us: payloads travel as JSON bytes, strings cannot be null
+("" ↔ None), a zero in `Pagination` means "use the default", and a request that does not
+parse as its message (e.g. a string field that is not UTF-8) is INVALID_ARGUMENT, not the
+INTERNAL grpcio would answer for a failed deserializer.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from saga.errors import Conflict, NotFound, ValidationError
 from saga.model import SagaState, StepLog, Workflow
 from saga_grpc.gen.k1s0.system.common.v1 import types_pb2
 from saga_grpc.gen.k1s0.system.saga.v1 import saga_pb2, saga_pb2_grpc
+from workers.auth import READ, WRITE, Forbidden, Principal, TokenVerifier, Unauthenticated
 from workers.engine import Engine
 from workers.metrics import GRPC_REQUESTS
 
@@ -29,9 +33,8 @@ log = logging.getLogger("saga.grpc")
 SERVICE_NAME = saga_pb2.DESCRIPTOR.services_by_name["SagaService"].full_name
 INTERNAL_MESSAGE = "internal error"
 
-# The access each RPC needs (SPEC §4 roles: auditors read, operators and admins also write).
-READ = "read"
-WRITE = "write"
+# The access each RPC needs is `workers.auth.READ` or `WRITE` (SPEC §4 roles: auditors read,
+# operators and admins also write).
 
 
 class Denied(Exception):
@@ -44,12 +47,71 @@ class Denied(Exception):
 
 
 # An authorizer sees the call's context (its `authorization` metadata) and the access the RPC
-# needs; it returns to allow the call and raises `Denied` to refuse it.
-Authorizer = Callable[[grpc.ServicerContext, str], None]
+# needs; it returns the caller (None when unknown) to allow the call and raises `Denied` to
+# refuse it.
+Authorizer = Callable[[grpc.ServicerContext, str], Principal | None]
 
 
-def allow_all(context: grpc.ServicerContext, access: str) -> None:
+def allow_all(context: grpc.ServicerContext, access: str) -> Principal | None:
     """The authorizer used when no `auth` section is configured: the API is open."""
+    return None
+
+
+def token_authorizer(verifier: TokenVerifier) -> Authorizer:
+    """An authorizer that requires a bearer token in the `authorization` metadata granting
+    the RPC's access (SPEC §4 roles); refusals are UNAUTHENTICATED / PERMISSION_DENIED."""
+
+    def authorize(context: grpc.ServicerContext, access: str) -> Principal | None:
+        values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+        if len(values) > 1:
+            raise Denied(grpc.StatusCode.UNAUTHENTICATED, "more than one authorization value")
+        value = values[0] if values else None
+        try:
+            return verifier.authorize(value if isinstance(value, str) else None, access)
+        except Unauthenticated as exc:
+            raise Denied(grpc.StatusCode.UNAUTHENTICATED, exc.message) from None
+        except Forbidden as exc:
+            raise Denied(grpc.StatusCode.PERMISSION_DENIED, exc.message) from None
+
+    return authorize
+
+
+class Malformed:
+    """Stands in for a request that did not parse as its message type."""
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+
+def tolerant_parser(message_type: type[Message]) -> Callable[[bytes], Any]:
+    """`message_type.FromString` that returns `Malformed` instead of raising, so the servicer
+    can answer INVALID_ARGUMENT (after the access check)."""
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return message_type.FromString(raw)
+        except (DecodeError, ValueError):
+            return Malformed(message_type.DESCRIPTOR.full_name)
+
+    return parse
+
+
+def add_to_server(servicer: SagaServicer, server: grpc.Server) -> None:
+    """Register `servicer` like the generated `add_SagaServiceServicer_to_server`, with
+    `tolerant_parser` deserializers."""
+    service = saga_pb2.DESCRIPTOR.services_by_name["SagaService"]
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=tolerant_parser(
+                getattr(saga_pb2, method.input_type.name)  # type: ignore[arg-type]
+            ),
+            response_serializer=getattr(saga_pb2, method.output_type.name).SerializeToString,
+        )
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 Reply = TypeVar("Reply")
@@ -67,32 +129,33 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
     def StartSaga(
         self, request: saga_pb2.StartSagaRequest, context: grpc.ServicerContext
     ) -> saga_pb2.StartSagaResponse:
-        def run() -> saga_pb2.StartSagaResponse:
+        def run(principal: Principal | None) -> saga_pb2.StartSagaResponse:
             state, _ = self._engine.start_saga(
                 request.workflow_name,
                 decode_payload(request.payload),
                 correlation_id=request.correlation_id or None,
                 initiated_by=request.initiated_by or None,
+                principal=principal.sub if principal is not None else None,
             )
             return saga_pb2.StartSagaResponse(saga_id=state.saga_id, status=state.status.value)
 
-        return self._call("StartSaga", WRITE, context, run)
+        return self._call("StartSaga", WRITE, request, context, run)
 
     def GetSaga(
         self, request: saga_pb2.GetSagaRequest, context: grpc.ServicerContext
     ) -> saga_pb2.GetSagaResponse:
-        def run() -> saga_pb2.GetSagaResponse:
+        def run(_: Principal | None) -> saga_pb2.GetSagaResponse:
             state, logs = self._engine.get_saga(request.saga_id)
             return saga_pb2.GetSagaResponse(
                 saga=saga_message(state), step_logs=[step_log_message(g) for g in logs]
             )
 
-        return self._call("GetSaga", READ, context, run)
+        return self._call("GetSaga", READ, request, context, run)
 
     def ListSagas(
         self, request: saga_pb2.ListSagasRequest, context: grpc.ServicerContext
     ) -> saga_pb2.ListSagasResponse:
-        def run() -> saga_pb2.ListSagasResponse:
+        def run(_: Principal | None) -> saga_pb2.ListSagasResponse:
             # proto3 cannot tell 0 from "not sent": 0 asks for the default, anything else
             # (negative, too large) goes to the engine's checks and is refused there.
             page = request.pagination.page if request.HasField("pagination") else 0
@@ -114,39 +177,39 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
                 ),
             )
 
-        return self._call("ListSagas", READ, context, run)
+        return self._call("ListSagas", READ, request, context, run)
 
     def CancelSaga(
         self, request: saga_pb2.CancelSagaRequest, context: grpc.ServicerContext
     ) -> saga_pb2.CancelSagaResponse:
-        def run() -> saga_pb2.CancelSagaResponse:
+        def run(_: Principal | None) -> saga_pb2.CancelSagaResponse:
             state = self._engine.cancel_saga(request.saga_id)
             return saga_pb2.CancelSagaResponse(
                 success=True, message=f"saga {state.saga_id} cancelled"
             )
 
-        return self._call("CancelSaga", WRITE, context, run)
+        return self._call("CancelSaga", WRITE, request, context, run)
 
     def RegisterWorkflow(
         self, request: saga_pb2.RegisterWorkflowRequest, context: grpc.ServicerContext
     ) -> saga_pb2.RegisterWorkflowResponse:
-        def run() -> saga_pb2.RegisterWorkflowResponse:
+        def run(_: Principal | None) -> saga_pb2.RegisterWorkflowResponse:
             workflow = self._engine.register_workflow(request.workflow_yaml)
             return saga_pb2.RegisterWorkflowResponse(
                 name=workflow.name, step_count=len(workflow.steps)
             )
 
-        return self._call("RegisterWorkflow", WRITE, context, run)
+        return self._call("RegisterWorkflow", WRITE, request, context, run)
 
     def ListWorkflows(
         self, request: saga_pb2.ListWorkflowsRequest, context: grpc.ServicerContext
     ) -> saga_pb2.ListWorkflowsResponse:
-        def run() -> saga_pb2.ListWorkflowsResponse:
+        def run(_: Principal | None) -> saga_pb2.ListWorkflowsResponse:
             return saga_pb2.ListWorkflowsResponse(
                 workflows=[workflow_summary(w) for w in self._engine.list_workflows()]
             )
 
-        return self._call("ListWorkflows", READ, context, run)
+        return self._call("ListWorkflows", READ, request, context, run)
 
     # ------------------------------------------------------------------ the one wrapper
 
@@ -154,18 +217,24 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
         self,
         method: str,
         access: str,
+        request: Any,
         context: grpc.ServicerContext,
-        run: Callable[[], Reply],
+        run: Callable[[Principal | None], Reply],
     ) -> Reply:
         """Authorize, run, count, and turn any failure into a status code and a message that
         leaks nothing (the exception itself goes to the log)."""
         code = grpc.StatusCode.OK
         message = ""
         try:
-            # The one place access is checked: a JWT authorizer (SPEC §4 roles, read from the
-            # `authorization` metadata) is passed in as `authorize` and raises `Denied`.
-            self._authorize(context, access)
-            return run()
+            # The one place access is checked: `token_authorizer` (SPEC §4 roles, read from
+            # the `authorization` metadata) raises `Denied`; the open API allows all.
+            principal = self._authorize(context, access)
+            if isinstance(request, Malformed):
+                raise ValidationError(
+                    f"request is not a valid {request.type_name} message "
+                    "(string fields must be UTF-8)"
+                )
+            return run(principal)
         except Denied as exc:
             code, message = exc.code, exc.message
         except ValidationError as exc:

@@ -12,6 +12,7 @@ body-size limit, a bug), leaves as the one envelope
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from saga.errors import Conflict, NotFound, ValidationError
 from workers import inputs, metrics, views
+from workers.auth import PUBLIC, READ, WRITE, Forbidden, TokenVerifier, Unauthenticated
 from workers.config import Config
 from workers.engine import Engine
 
@@ -38,14 +40,16 @@ _LIST_QUERY = ("page", "page_size", "status", "workflow_name", "correlation_id")
 
 # Error codes of SPEC §4, and the HTTP status each one goes with.
 VALIDATION_ERROR = "SYS_SAGA_VALIDATION_ERROR"
+AUTH_MISSING_CLAIMS = "SYS_AUTH_MISSING_CLAIMS"
+AUTH_PERMISSION_DENIED = "SYS_AUTH_PERMISSION_DENIED"
 NOT_FOUND = "SYS_SAGA_NOT_FOUND"
 CONFLICT = "SYS_SAGA_CONFLICT"
 PAYLOAD_TOO_LARGE = "SYS_SAGA_PAYLOAD_TOO_LARGE"
 INTERNAL_ERROR = "SYS_SAGA_INTERNAL_ERROR"
 ERROR_CODES = (
     VALIDATION_ERROR,
-    "SYS_AUTH_MISSING_CLAIMS",
-    "SYS_AUTH_PERMISSION_DENIED",
+    AUTH_MISSING_CLAIMS,
+    AUTH_PERMISSION_DENIED,
     NOT_FOUND,
     CONFLICT,
     PAYLOAD_TOO_LARGE,
@@ -55,11 +59,12 @@ _DOMAIN_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     (ValidationError, 400, VALIDATION_ERROR),
     (NotFound, 404, NOT_FOUND),
     (Conflict, 409, CONFLICT),
+    (Unauthenticated, 401, AUTH_MISSING_CLAIMS),
+    (Forbidden, 403, AUTH_PERMISSION_DENIED),
 )
 
-# Who may call a route (SPEC §4 roles): PUBLIC stays open even with auth; READ is GET on the
-# API (sys_auditor and up); WRITE changes something (sys_operator and up).
-PUBLIC, READ, WRITE = "public", "read", "write"
+# Who may call a route (SPEC §4 roles, `workers.auth`): PUBLIC stays open even with auth; READ
+# is GET on the API (sys_auditor and up); WRITE changes something (sys_operator and up).
 
 
 class Route(NamedTuple):
@@ -99,13 +104,17 @@ def create_app(config: Config, engine: Engine | None = None) -> Flask:
     A given engine belongs to the caller, who starts and closes it (e.g. one engine shared by
     REST and gRPC). Either way the engine is at `app.extensions["saga_engine"]`.
     """
+    verifier: TokenVerifier | None = None
     if config.auth is not None:
-        # Failing closed: an operator who configured auth must not get an open API.
-        raise RuntimeError(
-            f"{config.source}: auth: bearer-token checks are not implemented in the REST API "
-            "yet; remove the auth section to run it open"
+        verifier = TokenVerifier.from_config(config.auth)
+        log.info(
+            "REST API: bearer tokens required (issuer %s, audience %s, keys from %s)",
+            config.auth.issuer,
+            config.auth.audience,
+            config.auth.jwks_url,
         )
-    _warn_open_once()
+    else:
+        _warn_open_once()
     if engine is None:
         engine = Engine.from_config(config)
         try:
@@ -123,8 +132,9 @@ def create_app(config: Config, engine: Engine | None = None) -> Flask:
     api = _Api(config, engine)
     for route in ROUTES:
         view: Callable[..., Response] = getattr(api, route.view)
-        # The one place where per-route access (route.access) is to be enforced once auth
-        # lands: wrap `view` here; PUBLIC routes stay unwrapped.
+        # The one place where per-route access is enforced: PUBLIC routes stay unwrapped.
+        if verifier is not None and route.access != PUBLIC:
+            view = _guarded(view, route.access, verifier)
         app.add_url_rule(
             route.rule,
             endpoint=route.endpoint,
@@ -136,6 +146,21 @@ def create_app(config: Config, engine: Engine | None = None) -> Flask:
     app.register_error_handler(Exception, _any_error)
     app.after_request(_finish)
     return app
+
+
+def _guarded(
+    view: Callable[..., Response], access: str, verifier: TokenVerifier
+) -> Callable[..., Response]:
+    """`view`, run only for a caller whose bearer token grants `access`; the caller is
+    `g.principal`. A refusal raises Unauthenticated (401) or Forbidden (403) before the body
+    is read."""
+
+    @functools.wraps(view)
+    def guarded(*args: Any, **kwargs: Any) -> Response:
+        g.principal = verifier.authorize(request.headers.get("Authorization"), access)
+        return view(*args, **kwargs)
+
+    return guarded
 
 
 def _warn_open_once() -> None:
@@ -178,12 +203,14 @@ class _Api:
 
     def start_saga(self) -> Response:
         body = read_json_object(self.config)
+        principal = g.get("principal")
         state, created = self.engine.start_saga(
             body.get("workflow_name"),
             body.get("payload"),
             correlation_id=body.get("correlation_id"),
             initiated_by=body.get("initiated_by"),
             idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
+            principal=principal.sub if principal is not None else None,
         )
         if not created:
             # A replay: answer with the first saga as it is now, not as it was created.
@@ -365,7 +392,10 @@ def _too_large() -> Response:
 def _any_error(exc: Exception) -> Response:
     for kind, status, code in _DOMAIN_ERRORS:
         if isinstance(exc, kind):
-            return error_reply(status, code, getattr(exc, "message", None) or str(exc))
+            response = error_reply(status, code, getattr(exc, "message", None) or str(exc))
+            if status == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="saga"'
+            return response
     if isinstance(exc, PayloadTooLarge):
         return _too_large()
     log.error(

@@ -3,7 +3,9 @@
 It describes the wire contract only; it never drives validation (the `Engine` does that).
 Response shapes are closed (`additionalProperties: false`): a client may rely on every field
 listed and on no other. Request bodies stay open: unknown fields are ignored, as the original
-server did. Limits (page size, string length) come from the config being served.
+server did. Limits (page size, string length) come from the config being served, and so does
+security: each operation's access level comes from `saga_http.app.ROUTES`; protected ones list
+the bearer scheme and their 401/403 answers (given only when an `auth` section is configured).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import copy
 from typing import Any
 
 from saga.model import SagaStatus
+from workers.auth import PUBLIC, ROLES_FOR
 from workers.config import Config
 
 _UUID = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
@@ -196,6 +199,14 @@ def _schemas(config: Config) -> dict[str, Any]:
 
 _ERROR_TEXT = {
     "400": "validation error (SYS_SAGA_VALIDATION_ERROR)",
+    "401": (
+        "no bearer token, or one that does not verify (SYS_AUTH_MISSING_CLAIMS); only when "
+        "auth is configured"
+    ),
+    "403": (
+        "the token lacks the role this operation needs (SYS_AUTH_PERMISSION_DENIED); only when "
+        "auth is configured"
+    ),
     "404": "not found (SYS_SAGA_NOT_FOUND)",
     "409": "conflict (SYS_SAGA_CONFLICT)",
     "413": "request body over the limit (SYS_SAGA_PAYLOAD_TOO_LARGE)",
@@ -366,9 +377,33 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     }
 
 
+def _secure(paths: dict[str, Any], config: Config) -> None:
+    """Mark each operation with the access its route needs (saga_http.app.ROUTES): public
+    ones need no token; the others list the bearer scheme (optional when the API is open),
+    the roles that may call them, and the 401/403 they may answer."""
+    from saga_http.app import ROUTES
+
+    bearer = [{"bearerAuth": []}] if config.auth is not None else [{}, {"bearerAuth": []}]
+    for route in ROUTES:
+        path = route.rule.replace("<", "{").replace(">", "}")
+        operation = paths[path][route.method.lower()]
+        if route.access == PUBLIC:
+            operation["security"] = []
+            continue
+        roles = ", ".join(sorted(ROLES_FOR[route.access]))
+        operation["security"] = copy.deepcopy(bearer)
+        operation["description"] = f"Needs a bearer token with one of the roles {roles}."
+        operation["x-roles"] = sorted(ROLES_FOR[route.access])
+        for status in ("401", "403"):
+            operation["responses"][status] = {"$ref": f"#/components/responses/Error{status}"}
+        operation["responses"] = dict(sorted(operation["responses"].items()))
+
+
 def openapi_document(config: Config) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the REST API served with `config`."""
     limits = config.limits
+    paths = _paths()
+    _secure(paths, config)
     document = {
         "openapi": "3.1.0",
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
@@ -378,12 +413,27 @@ def openapi_document(config: Config) -> dict[str, Any]:
             "description": (
                 "REST API of the saga server (SPEC §4). Every response carries X-Request-Id; "
                 "every error is the Error envelope. Unknown query parameters are a 400. "
-                "Without an auth section the API is open."
+                "With an auth section, every /api/v1 operation but this document needs an "
+                "RS256 or ES256 bearer token (roles in realm_access.roles: sys_auditor reads, "
+                "sys_operator reads and writes, sys_admin everything); without one the API is "
+                "open. /healthz, /readyz and /metrics are always public."
             ),
         },
         "tags": [{"name": "sagas"}, {"name": "workflows"}, {"name": "operations"}],
-        "paths": _paths(),
+        "paths": paths,
         "components": {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": (
+                        "A JWT signed with RS256 or ES256 by a key of the configured JWKS "
+                        "endpoint, with exp, iss and aud checked and roles in "
+                        "realm_access.roles"
+                    ),
+                }
+            },
             "schemas": _schemas(config),
             "headers": {
                 "XRequestId": {
@@ -439,7 +489,17 @@ def openapi_document(config: Config) -> dict[str, Any]:
             "responses": {
                 f"Error{status}": {
                     "description": text,
-                    "headers": {"X-Request-Id": {"$ref": "#/components/headers/XRequestId"}},
+                    "headers": {"X-Request-Id": {"$ref": "#/components/headers/XRequestId"}}
+                    | (
+                        {
+                            "WWW-Authenticate": {
+                                "description": "Bearer challenge",
+                                "schema": {"type": "string"},
+                            }
+                        }
+                        if status == "401"
+                        else {}
+                    ),
                     "content": _json_content(_ref("Error")),
                 }
                 for status, text in _ERROR_TEXT.items()

@@ -238,6 +238,26 @@ def _check(config: Config, path: str) -> None:
             raise bad(f"services.{name}.host", "must not be empty")
     if config.kafka is not None and not config.kafka.brokers:
         raise bad("kafka.brokers", "must list at least one broker")
-    for field_name in ("request_body_bytes", "payload_bytes", "json_depth", "page_size"):
+    for field_name in (
+        "request_body_bytes",
+        "payload_bytes",
+        "json_depth",
+        "string_length",
+        "page_size",
+        "workflow_bytes",
+        "workflow_steps",
+        "grpc_receive_bytes",
+        "grpc_send_bytes",
+        "participant_response_bytes",
+    ):
         if getattr(config.limits, field_name) < 1:
             raise bad(f"limits.{field_name}", "must be >= 1")
+    if config.auth is not None:
+        if not config.auth.jwks_url.startswith(("https://", "http://")):
+            raise bad("auth.jwks_url", "must be an http(s) URL")
+        for field_name in ("issuer", "audience"):
+            if not getattr(config.auth, field_name):
+                raise bad(f"auth.{field_name}", "must not be empty")
+        for field_name in ("jwks_cache_ttl_secs", "leeway_secs"):
+            if getattr(config.auth, field_name) < 0:
+                raise bad(f"auth.{field_name}", "must be >= 0")

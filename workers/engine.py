@@ -163,13 +163,17 @@ class Engine:
         correlation_id: Any = None,
         initiated_by: Any = None,
         idempotency_key: Any = None,
+        principal: str | None = None,
     ) -> tuple[SagaState, bool]:
         """Write a STARTED saga and return (saga, created). With an idempotency key already
-        used for the same request, return the first saga and False; for another request, 409."""
+        used for the same request, return the first saga and False; for another request, 409.
+        `principal` (the authenticated caller) is recorded as `initiated_by` when none is given."""
         limits = self.config.limits
         name = inputs.required_string(workflow_name, "workflow_name", limits.string_length)
         body = inputs.payload(payload, max_bytes=limits.payload_bytes, max_depth=limits.json_depth)
         correlation = inputs.optional_string(correlation_id, "correlation_id", limits.string_length)
+        if initiated_by is None:
+            initiated_by = principal
         initiator = inputs.optional_string(initiated_by, "initiated_by", limits.string_length)
         key = inputs.idempotency_key(idempotency_key)
         workflow = self.store.get_workflow(name)

@@ -644,6 +644,7 @@ def _drive_to_every_status(store: Store, wf: Workflow, clock: Clock) -> dict[Sag
                     run.succeed(ok=2)
                     run.resume()
                     run.succeed(ok=3)
+                    run.resume()  # the boundary after the last step completes the saga
                 elif status is SagaStatus.COMPENSATING:
                     run.fail()
                 else:  # FAILED: step 1 fails, the compensation of step 0 succeeds
@@ -855,6 +856,7 @@ def test_terminal_saga_is_never_claimed_again(store: Store, wf: Workflow, clock:
     for _ in range(3):
         run.resume()
         run.succeed()
+    run.resume()
     assert run.committed.status is SagaStatus.COMPLETED
     assert store.claim("ex-2", 10, LONG) == []
     time.sleep(PAST_SHORT)
@@ -1054,6 +1056,7 @@ def test_outbox_rows_carry_the_event_fields(outbox_store: Store, clock: Clock) -
     run = Run.claim(store, "ex-1", wf, clock, saga.saga_id)
     run.resume()
     run.succeed()
+    run.resume()
     events = run.events
     assert [e.event_type for e in events] == [EventType.SAGA_RUNNING, EventType.SAGA_COMPLETED]
     rows = store.claim_outbox("relay-1", 100, LONG)
