@@ -111,13 +111,13 @@ _FILL = """
 INSERT INTO saga.saga_states (id, workflow_name, workflow_version, status, current_step, payload,
     correlation_id, created_at, updated_at)
 SELECT gen_random_uuid(),
-       (ARRAY['order-fulfillment','bench-3','bench-1'])[1 + (g % 3)],
+       (ARRAY['order-fulfillment','bench-3','bench-1'])[1 + (g %% 3)],
        1,
-       CASE WHEN g % 100 < 80 THEN 'COMPLETED' WHEN g % 100 < 90 THEN 'FAILED'
-            WHEN g % 100 < 95 THEN 'CANCELLED' WHEN g % 100 < 98 THEN 'RUNNING'
-            WHEN g % 100 < 99 THEN 'COMPENSATING' ELSE 'STARTED' END,
+       CASE WHEN g %% 100 < 80 THEN 'COMPLETED' WHEN g %% 100 < 90 THEN 'FAILED'
+            WHEN g %% 100 < 95 THEN 'CANCELLED' WHEN g %% 100 < 98 THEN 'RUNNING'
+            WHEN g %% 100 < 99 THEN 'COMPENSATING' ELSE 'STARTED' END,
        3, '{"order_id":"bench","amount":42}'::jsonb,
-       CASE WHEN g % 10 = 0 THEN 'corr-' || (g / 10) END,
+       CASE WHEN g %% 10 = 0 THEN 'corr-' || (g / 10) END,
        now() - (g * interval '2 seconds'), now()
 FROM generate_series(%s, %s) g
 """

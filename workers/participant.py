@@ -140,39 +140,18 @@ class ParticipantCaller:
         timeout_s: float,
         metadata: Sequence[tuple[str, str]],
     ) -> CallResult:
-        """Call ``method`` of ``service`` once with a deadline of ``timeout_s``; never raise for
-        a remote failure."""
-        started = time.perf_counter()
+        """Call ``method`` of ``service`` once with a deadline of ``timeout_s`` and wait for the
+        result; never raise for a remote failure."""
+        done = threading.Event()
+        box: list[CallResult] = []
 
-        def failed(code: str, message: str) -> CallResult:
-            elapsed = (time.perf_counter() - started) * 1000.0
-            return CallResult(False, {}, code, message, elapsed)
+        def finished(result: CallResult) -> None:
+            box.append(result)
+            done.set()
 
-        endpoint = self._endpoints.get(service)
-        if endpoint is None:
-            return failed(SERVICE_NOT_REGISTERED, f"service not registered: {service}")
-        if not method_is_valid(method):
-            return failed(INVALID_METHOD, f"invalid method name: {method!r}")
-        invoke = self._callable(endpoint, grpc_path(method))
-        if invoke is None:
-            return failed(CALLER_CLOSED, "participant caller is closed")
-        try:
-            body = invoke(payload, timeout=timeout_s, metadata=tuple(metadata))
-        except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.Call) else None
-            name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
-            details = exc.details() if isinstance(exc, grpc.Call) else None
-            return failed(name, details or str(exc))
-        except ValueError:
-            if not self._closed:
-                raise
-            # grpc raises ValueError when close() shut the channel between lookup and call.
-            return failed(CALLER_CLOSED, "participant caller is closed")
-        reply = _parse_reply(body)
-        if isinstance(reply, str):
-            return failed(INVALID_RESPONSE, f"{reply} (from {service} {method})")
-        elapsed = (time.perf_counter() - started) * 1000.0
-        return CallResult(True, reply, None, "", elapsed)
+        self.call_async(service, method, payload, timeout_s, metadata, finished)
+        done.wait()
+        return box[0]
 
     def call_async(
         self,
