@@ -44,5 +44,13 @@ test: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
+# Benchmarks (BENCHMARKS.md): installs the bench extras, starts the services, runs every figure
+# (< 30 min; BENCH_ARGS=--quick for the ~2-minute subset) and regenerates BENCHMARKS.md.
+bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
+	bash scripts/services.sh up
+	set -a; [ -f .services/env ] && . .services/env; set +a; \
+	  $(BIN)/python -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .services build *.egg-info

@@ -24,7 +24,17 @@ from typing import Any
 
 from bench import common as c
 
-FIGURES = ("throughput", "baselines", "overhead", "peer", "recovery", "list", "api", "events", "profile")
+FIGURES = (
+    "throughput",
+    "baselines",
+    "overhead",
+    "peer",
+    "recovery",
+    "list",
+    "api",
+    "events",
+    "profile",
+)
 
 
 def _services_env() -> dict[str, str]:
@@ -79,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         "errors": {},
     }
     c.log(f"saga bench {'--quick ' if args.quick else ''}{stamp}: {', '.join(selected)}")
-    c.log(f"  machine: {results['machine'].get('cpu_model')}, {results['machine'].get('cores')} cores, "
-          f"{results['machine'].get('memory_gib')} GiB; PostgreSQL "
-          f"{'yes' if admin_url else 'NOT AVAILABLE'}; Kafka {kafka or 'NOT AVAILABLE'}")
+    c.log(
+        f"  machine: {results['machine'].get('cpu_model')}, {results['machine'].get('cores')} cores, "
+        f"{results['machine'].get('memory_gib')} GiB; PostgreSQL "
+        f"{'yes' if admin_url else 'NOT AVAILABLE'}; Kafka {kafka or 'NOT AVAILABLE'}"
+    )
 
     atexit.register(c.stop_all)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -92,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
             db = c.BenchDatabase(admin_url, f"saga_bench_{stamp.lower()}")
         pg_url = db.url if db else None
         with c.participant(workdir) as part:
-            results["settings"]["participant"] = "python -m workers.participants (instant echo, 32 threads)"
+            results["settings"]["participant"] = (
+                "python -m workers.participants (instant echo, 32 threads)"
+            )
 
             def figure(name: str, fn: Any) -> None:
                 if name not in selected:
@@ -110,30 +124,80 @@ def main(argv: list[str] | None = None) -> int:
 
             from bench import baselines, throughput
 
-            figure("throughput", lambda: throughput.throughput(
-                workdir, part, pg_url, quick=args.quick, runs=runs, results=results))
-            figure("baselines", lambda: (
-                baselines.raw_commit(pg_url, workdir, quick=args.quick, runs=runs, results=results)
-                if pg_url else None,
-                baselines.grpc_echo(part, quick=args.quick, runs=runs, results=results)))
+            figure(
+                "throughput",
+                lambda: throughput.throughput(
+                    workdir, part, pg_url, quick=args.quick, runs=runs, results=results
+                ),
+            )
+            figure(
+                "baselines",
+                lambda: (
+                    baselines.raw_commit(
+                        pg_url, workdir, quick=args.quick, runs=runs, results=results
+                    )
+                    if pg_url
+                    else None,
+                    baselines.grpc_echo(part, quick=args.quick, runs=runs, results=results),
+                ),
+            )
             sat = _saturation(results, "postgres" if pg_url else "sqlite")
-            figure("overhead", lambda: throughput.overhead(
-                workdir, part, pg_url, quick=args.quick, results=results, saturation_sagas_per_s=sat))
+            figure(
+                "overhead",
+                lambda: throughput.overhead(
+                    workdir,
+                    part,
+                    pg_url,
+                    quick=args.quick,
+                    results=results,
+                    saturation_sagas_per_s=sat,
+                ),
+            )
             if admin_url:
                 from bench import peer
 
-                figure("peer", lambda: peer.dbos_peer(
-                    admin_url, workdir, part, quick=args.quick, runs=runs, results=results,
-                    db_suffix=stamp.lower()))
+                figure(
+                    "peer",
+                    lambda: peer.dbos_peer(
+                        admin_url,
+                        workdir,
+                        part,
+                        quick=args.quick,
+                        runs=runs,
+                        results=results,
+                        db_suffix=stamp.lower(),
+                    ),
+                )
             if pg_url:
-                figure("recovery", lambda: _mod("scale").recovery_and_memory(
-                    workdir, pg_url, quick=args.quick, results=results))
-                figure("list", lambda: _mod("scale").list_at_scale(
-                    admin_url or "", workdir, quick=args.quick, results=results, db_suffix=stamp.lower()))
-                figure("api", lambda: _mod("api").api(workdir, part, pg_url, quick=args.quick, results=results))
+                figure(
+                    "recovery",
+                    lambda: _mod("scale").recovery_and_memory(
+                        workdir, pg_url, quick=args.quick, results=results
+                    ),
+                )
+                figure(
+                    "list",
+                    lambda: _mod("scale").list_at_scale(
+                        admin_url or "",
+                        workdir,
+                        quick=args.quick,
+                        results=results,
+                        db_suffix=stamp.lower(),
+                    ),
+                )
+                figure(
+                    "api",
+                    lambda: _mod("api").api(
+                        workdir, part, pg_url, quick=args.quick, results=results
+                    ),
+                )
                 if kafka:
-                    figure("events", lambda: _mod("api").events(workdir, part, pg_url, kafka,
-                                                                quick=args.quick, results=results))
+                    figure(
+                        "events",
+                        lambda: _mod("api").events(
+                            workdir, part, pg_url, kafka, quick=args.quick, results=results
+                        ),
+                    )
             figure("profile", lambda: _profile(workdir, part, pg_url, out_dir, stamp, results))
     finally:
         c.stop_all()
@@ -157,8 +221,14 @@ def _mod(name: str) -> Any:
     return importlib.import_module(f"bench.{name}")
 
 
-def _profile(workdir: Path, part: c.Participant, pg_url: str | None, out_dir: Path, stamp: str,
-             results: dict[str, Any]) -> None:
+def _profile(
+    workdir: Path,
+    part: c.Participant,
+    pg_url: str | None,
+    out_dir: Path,
+    stamp: str,
+    results: dict[str, Any],
+) -> None:
     from bench import profile
 
     profile.profile(workdir, part, pg_url, out_dir, stamp, results)

@@ -13,14 +13,23 @@ from typing import Any
 from bench import common as c
 
 
-def api(workdir: Path, part: c.Participant, pg_url: str, *, quick: bool, results: dict[str, Any]) -> None:
+def api(
+    workdir: Path, part: c.Participant, pg_url: str, *, quick: bool, results: dict[str, Any]
+) -> None:
     raise NotImplementedError(
         "REST/gRPC API load figures are not implemented in this bench yet (saga_http was in progress)"
     )
 
 
-def events(workdir: Path, part: c.Participant, pg_url: str, kafka: str, *, quick: bool,
-           results: dict[str, Any]) -> None:
+def events(
+    workdir: Path,
+    part: c.Participant,
+    pg_url: str,
+    kafka: str,
+    *,
+    quick: bool,
+    results: dict[str, Any],
+) -> None:
     raise NotImplementedError(
         "outbox relay events/s is not implemented in this bench yet (workers/relay.py was in progress)"
     )

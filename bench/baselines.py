@@ -40,7 +40,7 @@ ROWS = 10000
 _PGBENCH_SCRIPT = f"""\\set r random(1, {ROWS})
 BEGIN;
 UPDATE saga.saga_states SET status = 'RUNNING', current_step = current_step + 1, error_message = NULL, updated_at = now(), compensation = NULL, lease_expires_at = now() + interval '30 seconds' WHERE id = (SELECT id FROM public.bench_ids WHERE n = :r);
-INSERT INTO saga.saga_step_logs (id, saga_id, step_index, step_name, action, status, request_payload, response_payload, started_at, completed_at) VALUES (gen_random_uuid(), (SELECT id FROM public.bench_ids WHERE n = :r), 0, 's0', 'EXECUTE', 'SUCCESS', '{{"order_id":"bench","amount":42}}', '{{"order_id":"bench","amount":42,"ok":true}}', now(), now());
+INSERT INTO saga.saga_step_logs (id, saga_id, step_index, step_name, action, status, request_payload, response_payload, started_at, completed_at) VALUES (gen_random_uuid(), (SELECT id FROM public.bench_ids WHERE n = :r), 0, 's0', 'EXECUTE', 'SUCCESS', '{{"order_id": "bench", "amount": 42}}', '{{"order_id": "bench", "amount": 42, "ok": true}}', now(), now());
 END;
 """
 
@@ -65,7 +65,9 @@ def _pgbench_binary() -> str | None:
     return None
 
 
-def raw_commit(pg_url: str, workdir: Path, *, quick: bool, runs: int, results: dict[str, Any]) -> None:
+def raw_commit(
+    pg_url: str, workdir: Path, *, quick: bool, runs: int, results: dict[str, Any]
+) -> None:
     import psycopg
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
@@ -83,9 +85,24 @@ def raw_commit(pg_url: str, workdir: Path, *, quick: bool, runs: int, results: d
             tps = []
             for _ in range(runs):
                 proc = subprocess.run(
-                    [pgbench, "-n", "-M", "prepared", "-c", str(conns), "-j", str(min(conns, 2)), "-T", str(secs),
-                     "-f", str(script), pg_url],
-                    capture_output=True, text=True, timeout=secs + 60,
+                    [
+                        pgbench,
+                        "-n",
+                        "-M",
+                        "prepared",
+                        "-c",
+                        str(conns),
+                        "-j",
+                        str(min(conns, 2)),
+                        "-T",
+                        str(secs),
+                        "-f",
+                        str(script),
+                        pg_url,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=secs + 60,
                 )
                 m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", proc.stdout)
                 if not m:
@@ -161,8 +178,10 @@ def grpc_echo(part: c.Participant, *, quick: bool, runs: int, results: dict[str,
             part.reset()
             vals.append(fn())
         out[label] = c.summary(vals)
-        c.log(f"  raw gRPC echo {label}: {out[label]['median']:.0f} calls/s "
-              f"({out[label]['min']:.0f}..{out[label]['max']:.0f})")
+        c.log(
+            f"  raw gRPC echo {label}: {out[label]['median']:.0f} calls/s "
+            f"({out[label]['min']:.0f}..{out[label]['max']:.0f})"
+        )
     part.reset()
 
 

@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,9 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "") -> Any:
+def wait_until(
+    pred: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = ""
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = pred()
@@ -57,7 +59,9 @@ def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.05, 
 # --------------------------------------------------------------------------- processes
 
 
-def spawn(argv: Sequence[str], *, log_path: Path | None = None, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: Sequence[str], *, log_path: Path | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start a child in its own process group (so the whole group can be killed)."""
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
@@ -74,23 +78,19 @@ def spawn(argv: Sequence[str], *, log_path: Path | None = None, env: Mapping[str
     return proc
 
 
-def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:
+def stop(
+    proc: subprocess.Popen[bytes] | None, timeout: float = 15.0, sig: int = signal.SIGTERM
+) -> None:
     """TERM the child's process group, then KILL it if it lingers."""
     if proc is None:
         return
     if proc.poll() is None:
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
+        with suppress(subprocess.TimeoutExpired):
             proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
+    with suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group
-    except (ProcessLookupError, PermissionError):
-        pass
     if proc.poll() is None:
         proc.wait(5)
     if proc in _CHILDREN:
@@ -98,10 +98,8 @@ def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0, sig: int =
 
 
 def kill9(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(10)
 
 
@@ -118,13 +116,21 @@ class Participant:
         port_file = workdir / f"participant-{uuid.uuid4().hex[:8]}.port"
         self.proc = spawn(
             [
-                PYTHON, "-m", "workers.participants", "--port", "0",
-                "--port-file", str(port_file),
-                "--behaviour", json.dumps(dict(behaviour or PARTICIPANT_BEHAVIOUR)),
+                PYTHON,
+                "-m",
+                "workers.participants",
+                "--port",
+                "0",
+                "--port-file",
+                str(port_file),
+                "--behaviour",
+                json.dumps(dict(behaviour or PARTICIPANT_BEHAVIOUR)),
             ],
             log_path=workdir / "participant.log",
         )
-        wait_until(lambda: port_file.exists() or self.proc.poll() is not None, 30, what="participant port")
+        wait_until(
+            lambda: port_file.exists() or self.proc.poll() is not None, 30, what="participant port"
+        )
         if self.proc.poll() is not None:
             raise RuntimeError("participant died at start; see participant.log")
         self.port = int(port_file.read_text())
@@ -135,7 +141,9 @@ class Participant:
         return json.loads(call(json.dumps(dict(body or {})).encode(), timeout=30))
 
     def reset(self, behaviour: Mapping[str, Any] | None = None) -> None:
-        self._control("/participant.Control/Reset", {"behaviour": dict(behaviour)} if behaviour else {})
+        self._control(
+            "/participant.Control/Reset", {"behaviour": dict(behaviour)} if behaviour else {}
+        )
 
     def record(self) -> dict[str, Any]:
         return dict(self._control("/participant.Control/Calls"))
@@ -169,27 +177,67 @@ def write_workflows(directory: Path) -> Path:
     retry = {"max_attempts": 3, "backoff": "fixed", "initial_interval_ms": 100}
     for name, n in WORKFLOWS.items():
         steps = [
-            {"name": f"s{i}", "service": SERVICE, "method": f"Bench.Step{i}",
-             "compensate": f"Bench.Undo{i}", "timeout_secs": 30, "retry": dict(retry)}
+            {
+                "name": f"s{i}",
+                "service": SERVICE,
+                "method": f"Bench.Step{i}",
+                "compensate": f"Bench.Undo{i}",
+                "timeout_secs": 30,
+                "retry": dict(retry),
+            }
             for i in range(n)
         ]
-        (directory / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, "steps": steps}, sort_keys=False))
+        (directory / f"{name}.yaml").write_text(
+            yaml.safe_dump({"name": name, "steps": steps}, sort_keys=False)
+        )
     steps = [
-        {"name": f"s{i}", "service": SERVICE, "method": f"Bench.Step{i}",
-         "compensate": f"Bench.Undo{i}", "timeout_secs": 30, "retry": dict(retry)}
+        {
+            "name": f"s{i}",
+            "service": SERVICE,
+            "method": f"Bench.Step{i}",
+            "compensate": f"Bench.Undo{i}",
+            "timeout_secs": 30,
+            "retry": dict(retry),
+        }
         for i in range(2)
-    ] + [{"name": "s2", "service": SERVICE, "method": "Bench.Fail", "compensate": "Bench.Undo2",
-          "timeout_secs": 30, "retry": dict(retry)}]
+    ] + [
+        {
+            "name": "s2",
+            "service": SERVICE,
+            "method": "Bench.Fail",
+            "compensate": "Bench.Undo2",
+            "timeout_secs": 30,
+            "retry": dict(retry),
+        }
+    ]
     (directory / f"{COMPENSATION_WORKFLOW}.yaml").write_text(
         yaml.safe_dump({"name": COMPENSATION_WORKFLOW, "steps": steps}, sort_keys=False)
     )
     # A workflow whose participant blocks (recovery, memory): other methods, other rules.
-    steps = [{"name": "park", "service": SERVICE, "method": "Bench.Park", "timeout_secs": 300,
-              "retry": {"max_attempts": 1}}]
-    (directory / "bench-park.yaml").write_text(yaml.safe_dump({"name": "bench-park", "steps": steps}, sort_keys=False))
-    steps = [{"name": "slow", "service": SERVICE, "method": "Bench.Slow", "timeout_secs": 60,
-              "retry": {"max_attempts": 3, "backoff": "fixed", "initial_interval_ms": 100}}]
-    (directory / "bench-slow.yaml").write_text(yaml.safe_dump({"name": "bench-slow", "steps": steps}, sort_keys=False))
+    steps = [
+        {
+            "name": "park",
+            "service": SERVICE,
+            "method": "Bench.Park",
+            "timeout_secs": 300,
+            "retry": {"max_attempts": 1},
+        }
+    ]
+    (directory / "bench-park.yaml").write_text(
+        yaml.safe_dump({"name": "bench-park", "steps": steps}, sort_keys=False)
+    )
+    steps = [
+        {
+            "name": "slow",
+            "service": SERVICE,
+            "method": "Bench.Slow",
+            "timeout_secs": 60,
+            "retry": {"max_attempts": 3, "backoff": "fixed", "initial_interval_ms": 100},
+        }
+    ]
+    (directory / "bench-slow.yaml").write_text(
+        yaml.safe_dump({"name": "bench-slow", "steps": steps}, sort_keys=False)
+    )
     return directory
 
 
@@ -219,8 +267,11 @@ def write_config(
     if database_url:
         url = urlparse(database_url)
         doc["database"] = {
-            "host": url.hostname, "port": url.port or 5432, "name": url.path.lstrip("/"),
-            "user": url.username, "password": url.password or "",
+            "host": url.hostname,
+            "port": url.port or 5432,
+            "name": url.path.lstrip("/"),
+            "user": url.username,
+            "password": url.password or "",
         }
     for key, value in (extra or {}).items():
         if isinstance(value, dict) and isinstance(doc.get(key), dict):
@@ -231,10 +282,15 @@ def write_config(
     return path
 
 
-def start_worker(config: Path, log_path: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start_worker(
+    config: Path, log_path: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """A `saga worker` (python -m workers --config ...)."""
-    return spawn([PYTHON, "-m", "workers", "--config", str(config)], log_path=log_path,
-                 env={"SAGA_LOG_FORMAT": "json", **(env or {})})
+    return spawn(
+        [PYTHON, "-m", "workers", "--config", str(config)],
+        log_path=log_path,
+        env={"SAGA_LOG_FORMAT": "json", **(env or {})},
+    )
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -286,7 +342,9 @@ def register_workflows(config_path: Path) -> None:
     from workers.config import load_config
     from workers.engine import Engine
 
-    engine = Engine.from_config(load_config(str(config_path), environ={}), execute=False, relay=False)
+    engine = Engine.from_config(
+        load_config(str(config_path), environ={}), execute=False, relay=False
+    )
     try:
         engine.load_workflow_dir()
     finally:
@@ -298,7 +356,9 @@ def seed_template(config_path: Path, workflow: str) -> str:
     from workers.config import load_config
     from workers.engine import Engine
 
-    engine = Engine.from_config(load_config(str(config_path), environ={}), execute=False, relay=False)
+    engine = Engine.from_config(
+        load_config(str(config_path), environ={}), execute=False, relay=False
+    )
     try:
         engine.load_workflow_dir()
         state, _ = engine.start_saga(workflow, {"order_id": "bench", "amount": 42})
@@ -329,7 +389,9 @@ def sqlite_clone_sagas(path: Path, template_id: str, count: int) -> None:
     conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
     try:
         conn.row_factory = sqlite3.Row
-        row = dict(conn.execute("SELECT * FROM saga_states WHERE id = ?", (template_id,)).fetchone())
+        row = dict(
+            conn.execute("SELECT * FROM saga_states WHERE id = ?", (template_id,)).fetchone()
+        )
         (seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM saga_states").fetchone()
         cols = list(row)
         now = datetime.now(UTC)
@@ -344,7 +406,8 @@ def sqlite_clone_sagas(path: Path, template_id: str, count: int) -> None:
             rows.append(tuple(r[c] for c in cols))
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(
-            f"INSERT INTO saga_states ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", rows
+            f"INSERT INTO saga_states ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            rows,
         )
         conn.execute("COMMIT")
     finally:
@@ -372,14 +435,21 @@ class Reader:
 
     def _q(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         if self.pg_url:
-            return list(self._pg.execute(sql.replace("?", "%s").replace("{s}", "saga."), params).fetchall())
+            return list(
+                self._pg.execute(sql.replace("?", "%s").replace("{s}", "saga."), params).fetchall()
+            )
         return list(self._sq.execute(sql.replace("{s}", ""), params).fetchall())
 
     def counts(self) -> dict[str, int]:
-        return {s: int(n) for s, n in self._q("SELECT status, count(*) FROM {s}saga_states GROUP BY status")}
+        return {
+            s: int(n)
+            for s, n in self._q("SELECT status, count(*) FROM {s}saga_states GROUP BY status")
+        }
 
     def terminal_times(self) -> list[float]:
-        rows = self._q("SELECT updated_at FROM {s}saga_states WHERE status IN ('COMPLETED','FAILED','CANCELLED')")
+        rows = self._q(
+            "SELECT updated_at FROM {s}saga_states WHERE status IN ('COMPLETED','FAILED','CANCELLED')"
+        )
         return sorted(_epoch(r[0]) for r in rows)
 
     def log_times(self) -> list[float]:
@@ -387,11 +457,15 @@ class Reader:
 
     def step_logs(self) -> list[tuple[str, int, str, float, float]]:
         """(saga_id, step_index, action, started, completed) in insertion order."""
-        rows = self._q("SELECT saga_id, step_index, action, started_at, completed_at FROM {s}saga_step_logs ORDER BY seq")
+        rows = self._q(
+            "SELECT saga_id, step_index, action, started_at, completed_at FROM {s}saga_step_logs ORDER BY seq"
+        )
         return [(str(a), b, c, _epoch(d), _epoch(e)) for a, b, c, d, e in rows]
 
     def saga_ends(self) -> dict[str, float]:
-        rows = self._q("SELECT id, updated_at FROM {s}saga_states WHERE status IN ('COMPLETED','FAILED','CANCELLED')")
+        rows = self._q(
+            "SELECT id, updated_at FROM {s}saga_states WHERE status IN ('COMPLETED','FAILED','CANCELLED')"
+        )
         return {str(a): _epoch(b) for a, b in rows}
 
 
@@ -460,10 +534,8 @@ def machine(pg_url: str | None, kafka_bootstrap: str | None) -> dict[str, Any]:
                 info["memory_gib"] = round(int(line.split()[1]) / 1024 / 1024, 1)
     except OSError:
         pass
-    try:
+    with suppress(OSError):
         info["loadavg_at_start"] = os.getloadavg()
-    except OSError:
-        pass
     if pg_url:
         try:
             import psycopg
@@ -481,11 +553,22 @@ def machine(pg_url: str | None, kafka_bootstrap: str | None) -> dict[str, Any]:
     if kafka_bootstrap:
         info["kafka"] = kafka_version()
     versions = {}
-    for mod in ("grpc", "psycopg", "psycopg_pool", "flask", "gunicorn", "kafka", "dbos", "matplotlib"):
+    for mod in (
+        "grpc",
+        "psycopg",
+        "psycopg_pool",
+        "flask",
+        "gunicorn",
+        "kafka",
+        "dbos",
+        "matplotlib",
+    ):
         try:
             from importlib.metadata import version
 
-            dist = {"grpc": "grpcio", "kafka": "kafka-python", "psycopg_pool": "psycopg-pool"}.get(mod, mod)
+            dist = {"grpc": "grpcio", "kafka": "kafka-python", "psycopg_pool": "psycopg-pool"}.get(
+                mod, mod
+            )
             versions[mod] = version(dist)
         except Exception:  # noqa: BLE001
             versions[mod] = None

@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
 
     channel = grpc.insecure_channel(f"127.0.0.1:{args.port}")
     calls = {
-        i: channel.unary_unary(f"/Bench/Step{i}", request_serializer=None, response_deserializer=None)
+        i: channel.unary_unary(
+            f"/Bench/Step{i}", request_serializer=None, response_deserializer=None
+        )
         for i in range(3)
     }
     marks: dict[str, list[tuple[int, float, float]]] = {}
@@ -92,8 +94,17 @@ def main(argv: list[str] | None = None) -> int:
                     calls_ms.append((e - s) * 1000)
                     if k:
                         gaps_ms.append((s - steps[k - 1][2]) * 1000)
-            print(json.dumps({"mode": "single", "n": args.n, "calls_ms": calls_ms, "gaps_ms": gaps_ms,
-                              "wall_ms": [w * 1000 for w in walls]}))
+            print(
+                json.dumps(
+                    {
+                        "mode": "single",
+                        "n": args.n,
+                        "calls_ms": calls_ms,
+                        "gaps_ms": gaps_ms,
+                        "wall_ms": [w * 1000 for w in walls],
+                    }
+                )
+            )
         else:
             counter = [0]
             lock = threading.Lock()
@@ -109,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
                     with lock:
                         ends.append(time.time())
 
-            threads = [threading.Thread(target=worker, daemon=True) for _ in range(args.concurrency)]
+            threads = [
+                threading.Thread(target=worker, daemon=True) for _ in range(args.concurrency)
+            ]
             t0 = time.time()
             for t in threads:
                 t.start()
@@ -117,8 +130,18 @@ def main(argv: list[str] | None = None) -> int:
                 t.join(600)
             wall = time.time() - t0
             ends.sort()
-            print(json.dumps({"mode": "saturate", "n": args.n, "concurrency": args.concurrency,
-                              "wall_s": wall, "ends": ends, "t0": t0}))
+            print(
+                json.dumps(
+                    {
+                        "mode": "saturate",
+                        "n": args.n,
+                        "concurrency": args.concurrency,
+                        "wall_s": wall,
+                        "ends": ends,
+                        "t0": t0,
+                    }
+                )
+            )
     finally:
         DBOS.destroy()
         channel.close()

@@ -19,8 +19,14 @@ def _py_spy() -> str | None:
     return str(here) if here.exists() else shutil.which("py-spy")
 
 
-def profile(workdir: Path, part: c.Participant, pg_url: str | None, out_dir: Path, stamp: str,
-            results: dict[str, Any]) -> None:
+def profile(
+    workdir: Path,
+    part: c.Participant,
+    pg_url: str | None,
+    out_dir: Path,
+    stamp: str,
+    results: dict[str, Any],
+) -> None:
     spy = _py_spy()
     res: dict[str, Any] = {}
     results["profile"] = res
@@ -42,12 +48,32 @@ def profile(workdir: Path, part: c.Participant, pg_url: str | None, out_dir: Pat
     raw = target.workdir / "profile.txt"
     kept = out_dir / f"{stamp}.worker-profile.collapsed.txt"
     try:
-        c.wait_until(lambda: sum(reader.counts().get(s, 0) for s in c.TERMINAL) >= 50, 60, what="worker busy")
+        c.wait_until(
+            lambda: sum(reader.counts().get(s, 0) for s in c.TERMINAL) >= 50, 60, what="worker busy"
+        )
         secs = 6
         for fmt, dest in (("raw", raw),):
-            r = subprocess.run([spy, "record", "-p", str(proc.pid), "-d", str(secs), "-r", "200",
-                                "-f", fmt, "-o", str(dest), "--nonblocking", "--gil"],
-                               capture_output=True, text=True, timeout=secs + 60)
+            r = subprocess.run(
+                [
+                    spy,
+                    "record",
+                    "-p",
+                    str(proc.pid),
+                    "-d",
+                    str(secs),
+                    "-r",
+                    "200",
+                    "-f",
+                    fmt,
+                    "-o",
+                    str(dest),
+                    "--nonblocking",
+                    "--gil",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=secs + 60,
+            )
             if r.returncode != 0 or not dest.exists():
                 res["error"] = f"py-spy failed: {(r.stderr or r.stdout)[-400:]}"
                 c.log(f"  profile: {res['error']}")
@@ -72,9 +98,13 @@ def profile(workdir: Path, part: c.Participant, pg_url: str | None, out_dir: Pat
             inclusive[f] += k
     res["samples"] = total
     res["top"] = [(name, n / total) for name, n in leaf.most_common(40)] if total else []
-    res["inclusive_top"] = [(name, n / total) for name, n in inclusive.most_common(60)] if total else []
+    res["inclusive_top"] = (
+        [(name, n / total) for name, n in inclusive.most_common(60)] if total else []
+    )
     shutil.copy(raw, kept)
-    res["svg"] = f"{kept.name} (collapsed stacks in the results directory; open in speedscope or flamegraph.pl)"
+    res["svg"] = (
+        f"{kept.name} (collapsed stacks in the results directory; open in speedscope or flamegraph.pl)"
+    )
     c.log(f"  profile: {total} samples; top self time:")
     for name, share in res["top"][:12]:
         c.log(f"    {share:6.1%}  {name}")

@@ -25,7 +25,9 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def recovery_and_memory(workdir: Path, pg_url: str, *, quick: bool, results: dict[str, Any]) -> None:
+def recovery_and_memory(
+    workdir: Path, pg_url: str, *, quick: bool, results: dict[str, Any]
+) -> None:
     import psycopg
 
     n = 2000 if quick else 10000
@@ -52,9 +54,12 @@ def recovery_and_memory(workdir: Path, pg_url: str, *, quick: bool, results: dic
         c.pg_clone_sagas(pg_url, _template(conn, cfg_a), n)
 
         def held() -> int:
-            return int(conn.execute(
-                "SELECT count(*) FROM saga.saga_states WHERE lease_owner IS NOT NULL "
-                "AND status = 'RUNNING'").fetchone()[0])
+            return int(
+                conn.execute(
+                    "SELECT count(*) FROM saga.saga_states WHERE lease_owner IS NOT NULL "
+                    "AND status = 'RUNNING'"
+                ).fetchone()[0]
+            )
 
         t0 = time.monotonic()
         c.wait_until(lambda: held() >= n, 120, interval=0.2, what=f"{n} sagas held")
@@ -64,8 +69,10 @@ def recovery_and_memory(workdir: Path, pg_url: str, *, quick: bool, results: dic
         res["rss_idle_mib"] = round(rss0 / 1024, 1)
         res["rss_held_mib"] = round(rss1 / 1024, 1)
         res["rss_per_saga_kib"] = round((rss1 - rss0) / n, 2)
-        c.log(f"  memory: RSS {rss0 / 1024:.0f} MiB idle -> {rss1 / 1024:.0f} MiB with {n} parked: "
-              f"{(rss1 - rss0) / n:.1f} KiB per saga in flight")
+        c.log(
+            f"  memory: RSS {rss0 / 1024:.0f} MiB idle -> {rss1 / 1024:.0f} MiB with {n} parked: "
+            f"{(rss1 - rss0) / n:.1f} KiB per saga in flight"
+        )
         c.kill9(worker)
         blocking.close()
         t_restart = time.monotonic()
@@ -73,9 +80,11 @@ def recovery_and_memory(workdir: Path, pg_url: str, *, quick: bool, results: dic
         procs.append(worker_b)
 
         def terminal() -> int:
-            return int(conn.execute(
-                "SELECT count(*) FROM saga.saga_states WHERE status IN ('COMPLETED','FAILED','CANCELLED')"
-            ).fetchone()[0])
+            return int(
+                conn.execute(
+                    "SELECT count(*) FROM saga.saga_states WHERE status IN ('COMPLETED','FAILED','CANCELLED')"
+                ).fetchone()[0]
+            )
 
         first = [None]
 
@@ -91,8 +100,10 @@ def recovery_and_memory(workdir: Path, pg_url: str, *, quick: bool, results: dic
         if first[0] is not None:
             res["after_first_recovered_s"] = round(t_done - first[0], 2)
             res["wait_for_leases_s"] = round(first[0] - t_restart, 2)
-        c.log(f"  recovery: {n} in flight, kill -9, restart: all terminal {res['recovery_s']:.1f} s after restart "
-              f"(first saga done after {res.get('wait_for_leases_s')} s: lease expiry {lease:.0f} s)")
+        c.log(
+            f"  recovery: {n} in flight, kill -9, restart: all terminal {res['recovery_s']:.1f} s after restart "
+            f"(first saga done after {res.get('wait_for_leases_s')} s: lease expiry {lease:.0f} s)"
+        )
     finally:
         for p in procs:
             c.stop(p)
@@ -123,7 +134,9 @@ FROM generate_series(%s, %s) g
 """
 
 
-def list_at_scale(admin_url: str, workdir: Path, *, quick: bool, results: dict[str, Any], db_suffix: str) -> None:
+def list_at_scale(
+    admin_url: str, workdir: Path, *, quick: bool, results: dict[str, Any], db_suffix: str
+) -> None:
     import psycopg
 
     from saga.model import SagaStatus
@@ -166,12 +179,17 @@ def list_at_scale(admin_url: str, workdir: Path, *, quick: bool, results: dict[s
             count_sql, page_sql, params = list_statements("saga", flt)
             with psycopg.connect(db.url, autocommit=True) as conn:
                 plans = {}
-                for kind, sql, p in (("count", count_sql, params), ("page", page_sql, [*params, 20, (page - 1) * 20])):
+                for kind, sql, p in (
+                    ("count", count_sql, params),
+                    ("page", page_sql, [*params, 20, (page - 1) * 20]),
+                ):
                     plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, p).fetchall()
                     plans[kind] = "\n".join(r[0] for r in plan)
                 res["plans"][label] = plans
             q = res["queries"][label]
-            c.log(f"  list {label}: p50 {q['p50_ms']:.1f} ms p99 {q['p99_ms']:.1f} ms (store.list_sagas, count + page)")
+            c.log(
+                f"  list {label}: p50 {q['p50_ms']:.1f} ms p99 {q['p99_ms']:.1f} ms (store.list_sagas, count + page)"
+            )
     finally:
         if store is not None:
             store.close()

@@ -68,8 +68,15 @@ class StoreTarget:
         return c.Reader(sqlite_path=self.sqlite_path)
 
 
-def _run_once(target: StoreTarget, part: c.Participant, workflow: str, n: int, workers: int,
-              timeout: float, max_concurrent: int = 100) -> dict[str, Any]:
+def _run_once(
+    target: StoreTarget,
+    part: c.Participant,
+    workflow: str,
+    n: int,
+    workers: int,
+    timeout: float,
+    max_concurrent: int = 100,
+) -> dict[str, Any]:
     target.fresh()
     part.reset()
     cfg = target.config(part.port, f"tp-{workflow}-{workers}", max_concurrent=max_concurrent)
@@ -102,7 +109,9 @@ def _run_once(target: StoreTarget, part: c.Participant, workflow: str, n: int, w
             "steps_per_s": c.steady_rate(logs),
             "step_logs": len(logs),
             "wall_s_incl_startup": wall,
-            "sagas_per_s_whole": (len(ends) / (max(ends) - first_log)) if ends and max(ends) > first_log else 0.0,
+            "sagas_per_s_whole": (len(ends) / (max(ends) - first_log))
+            if ends and max(ends) > first_log
+            else 0.0,
         }
     finally:
         for p in procs:
@@ -110,21 +119,33 @@ def _run_once(target: StoreTarget, part: c.Participant, workflow: str, n: int, w
         reader.close()
 
 
-def throughput(workdir: Path, part: c.Participant, pg_url: str | None, *, quick: bool,
-               runs: int, results: dict[str, Any]) -> None:
+def throughput(
+    workdir: Path,
+    part: c.Participant,
+    pg_url: str | None,
+    *,
+    quick: bool,
+    runs: int,
+    results: dict[str, Any],
+) -> None:
     """Fill results['throughput'] with one entry per (store, workflow, workers)."""
     stores = ["postgres", "sqlite"] if pg_url else ["sqlite"]
     worker_counts = [1, 2] if quick else [1, 2, 4]
-    workflows = (["bench-3", c.COMPENSATION_WORKFLOW] if quick
-                 else ["bench-1", "bench-3", "bench-10", c.COMPENSATION_WORKFLOW])
-    step_budget = 1500 if quick else 7500
+    workflows = (
+        ["bench-3", c.COMPENSATION_WORKFLOW]
+        if quick
+        else ["bench-1", "bench-3", "bench-10", c.COMPENSATION_WORKFLOW]
+    )
+    step_budget = 1500 if quick else 4500
     out: list[dict[str, Any]] = results.setdefault("throughput", [])
     for store in stores:
         target = StoreTarget(store, workdir / f"tp-{store}", pg_url)
         target.workdir.mkdir(parents=True, exist_ok=True)
         c.write_workflows(target.workdir / "workflows")
         for workflow in workflows:
-            steps = c.WORKFLOWS.get(workflow, 5)  # compensation: 3 execute + 2 compensate + 1 skipped
+            steps = c.WORKFLOWS.get(
+                workflow, 5
+            )  # compensation: 3 execute + 2 compensate + 1 skipped
             n = max(200, step_budget // steps)
             if store == "sqlite":
                 n = n // 2
@@ -191,14 +212,26 @@ def _overhead_from_logs(reader: c.Reader, handler_ms: float) -> dict[str, Any]:
     }
 
 
-def overhead(workdir: Path, part: c.Participant, pg_url: str | None, *, quick: bool,
-             results: dict[str, Any], saturation_sagas_per_s: float | None) -> None:
+def overhead(
+    workdir: Path,
+    part: c.Participant,
+    pg_url: str | None,
+    *,
+    quick: bool,
+    results: dict[str, Any],
+    saturation_sagas_per_s: float | None,
+) -> None:
     store = "postgres" if pg_url else "sqlite"
     target = StoreTarget(store, workdir / "overhead", pg_url)
     target.workdir.mkdir(parents=True, exist_ok=True)
     c.write_workflows(target.workdir / "workflows")
     handler_ms = handler_time_ms()
-    res: dict[str, Any] = {"store": store, "workflow": "bench-3", "handler_ms": handler_ms, "loads": {}}
+    res: dict[str, Any] = {
+        "store": store,
+        "workflow": "bench-3",
+        "handler_ms": handler_ms,
+        "loads": {},
+    }
     results["overhead"] = res
     # One in flight: max_concurrent 1, sagas pre-inserted, run back to back.
     n = 60 if quick else 200
@@ -229,8 +262,9 @@ def _print_overhead(label: str, r: dict[str, Any]) -> None:
     )
 
 
-def _fed_run(target: StoreTarget, part: c.Participant, rate: float, secs: float,
-             handler_ms: float) -> dict[str, Any]:
+def _fed_run(
+    target: StoreTarget, part: c.Participant, rate: float, secs: float, handler_ms: float
+) -> dict[str, Any]:
     """Start one worker, feed sagas at `rate`/s for `secs`, wait for all, read the logs."""
     target.fresh()
     part.reset()
@@ -240,7 +274,9 @@ def _fed_run(target: StoreTarget, part: c.Participant, rate: float, secs: float,
     reader = target.reader()
     fed = 1
     try:
-        c.wait_until(lambda: sum(reader.counts().get(s, 0) for s in c.TERMINAL) >= 1, 30, what="worker up")
+        c.wait_until(
+            lambda: sum(reader.counts().get(s, 0) for s in c.TERMINAL) >= 1, 30, what="worker up"
+        )
         tick = 0.05
         start = time.monotonic()
         stop_feed = start + secs
@@ -253,8 +289,12 @@ def _fed_run(target: StoreTarget, part: c.Participant, rate: float, secs: float,
                     c.sqlite_clone_sagas(target.sqlite_path or Path(), template, due - fed)
                 fed = due
             time.sleep(tick)
-        c.wait_until(lambda: sum(reader.counts().get(s, 0) for s in c.TERMINAL) >= fed, 120,
-                     interval=0.2, what="fed sagas to finish")
+        c.wait_until(
+            lambda: sum(reader.counts().get(s, 0) for s in c.TERMINAL) >= fed,
+            120,
+            interval=0.2,
+            what="fed sagas to finish",
+        )
         got = _overhead_from_logs(reader, handler_ms)
         got["fed"] = fed
         got["achieved_sagas_per_s"] = c.steady_rate(reader.terminal_times())
@@ -262,4 +302,3 @@ def _fed_run(target: StoreTarget, part: c.Participant, rate: float, secs: float,
     finally:
         c.stop(proc)
         reader.close()
-
