@@ -185,6 +185,13 @@ class KeySet:
                 raise KeysUnavailable(self._error)
             return key
 
+    def prefetch(self) -> None:
+        """Fetch the keys now (at start-up), so the first request does not wait and a wrong
+        `jwks_url` shows in the log at once; a failure is logged, never raised."""
+        with self._lock:
+            if self._tried_at is None:
+                self._refresh(self._clock())
+
     def _refresh(self, now: float) -> None:
         self._tried_at = now
         self.fetches += 1
@@ -212,8 +219,12 @@ class TokenVerifier:
         self.keys = keys or KeySet(config.jwks_url, config.jwks_cache_ttl_secs)
 
     @classmethod
-    def from_config(cls, config: AuthConfig) -> TokenVerifier:
-        return cls(config)
+    def from_config(cls, config: AuthConfig, *, prefetch: bool = True) -> TokenVerifier:
+        """A verifier for `config`, its keys fetched now unless `prefetch` is False."""
+        verifier = cls(config)
+        if prefetch:
+            verifier.keys.prefetch()
+        return verifier
 
     def authorize(self, authorization: str | None, access: str) -> Principal | None:
         """The caller of a request with this `Authorization` value, allowed `access`; None

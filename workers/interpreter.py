@@ -241,7 +241,7 @@ class Executor:
             now = self._clock()
             event: Event
             if result.ok:
-                size = len(json.dumps(result.response, separators=(",", ":")))
+                size = result.size
                 if size > self._response_limit:
                     event = StepFailed(
                         at=now,
@@ -252,12 +252,18 @@ class Executor:
                 else:
                     event = StepSucceeded(at=now, response=result.response)
             else:
+                # A reply over the receive cap is cut off by the transport: it would be just as
+                # large on a retry, so it fails at once (a participant's own RESOURCE_EXHAUSTED,
+                # such as a rate limit, is still retried).
+                too_large = (
+                    result.code == "RESOURCE_EXHAUSTED" and "larger than max" in result.message
+                )
                 event = StepFailed(
                     at=now,
                     code=result.code or "UNKNOWN",
                     message=result.message,
                     timed_out=result.code == "DEADLINE_EXCEEDED",
-                    permanent=result.code in _PERMANENT_CODES,
+                    permanent=result.code in _PERMANENT_CODES or too_large,
                     jitter=self._jitter(),
                 )
             self._advance(run, event)

@@ -57,6 +57,7 @@ class CallResult:
     code: str | None
     message: str
     duration_ms: float
+    size: int = 0  # bytes of the reply body
 
 
 def _reject_constant(name: str) -> Any:
@@ -204,7 +205,8 @@ class ParticipantCaller:
             if isinstance(reply, str):
                 done(failed(INVALID_RESPONSE, f"{reply} (from {service} {method})"))
                 return
-            done(CallResult(True, reply, None, "", (time.perf_counter() - started) * 1000.0))
+            elapsed = (time.perf_counter() - started) * 1000.0
+            done(CallResult(True, reply, None, "", elapsed, len(body)))
 
         future.add_done_callback(finished)
 

@@ -134,7 +134,10 @@ def test_success_round_trips_json_and_delivers_all_metadata(caller: ParticipantC
     result = caller.call(
         "shop", "Echo.Do", json.dumps(payload).encode(), 5.0, _metadata("saga-1:0:EXECUTE")
     )
-    assert result == CallResult(True, {**payload, "ok": True}, None, "", result.duration_ms)
+    reply_size = len(json.dumps({**payload, "ok": True}).encode())
+    assert result == CallResult(
+        True, {**payload, "ok": True}, None, "", result.duration_ms, reply_size
+    )
     assert result.duration_ms > 0
     [call] = _record(caller)["calls"]
     assert call["path"] == "/Echo/Do"

@@ -186,6 +186,7 @@ def test_migrations_are_recorded_and_idempotent(url: str, schema: str) -> None:
         "saga_step_logs",
         "workflow_definitions",
         "outbox",
+        "saga_counts",
         "schema_migrations",
     }
 
@@ -535,3 +536,56 @@ def test_list_queries_use_indexes_at_scale(store: PostgresStore, url: str, schem
         ).fetchall()
     plan = "\n".join(r[0] for r in rows)
     assert "idx_saga_states_claimable" in plan and "Seq Scan" not in plan, plan
+
+
+def test_list_total_count_comes_from_exact_counters(url: str, schema: str) -> None:
+    """total_count stays exact through inserts, status changes and deletes, per workflow and status."""
+    store = PostgresStore(url, schema=schema)
+    try:
+        wf = store.register_workflow(Workflow("count-me", (Step("a", "svc", "Svc.A"),)))
+        other = store.register_workflow(Workflow("other", (Step("a", "svc", "Svc.A"),)))
+        now = datetime.now(UTC)
+        ids = []
+        for i in range(30):
+            saga = new_saga(
+                saga_id=str(uuid.uuid4()),
+                workflow=wf if i % 3 else other,
+                payload={},
+                correlation_id=None,
+                initiated_by=None,
+                at=now,
+            )
+            store.create_saga(saga)
+            ids.append(saga.saga_id)
+        sql(
+            url,
+            f"UPDATE {schema}.saga_states SET status = 'COMPLETED' WHERE id = ANY(%s::uuid[])",
+            (ids[:7],),
+        )
+        sql(url, f"DELETE FROM {schema}.saga_states WHERE id = %s::uuid", (ids[29],))
+
+        def count(**filters: object) -> int:
+            return store.list_sagas(SagaFilter(**filters), 1, 1).total_count  # type: ignore[arg-type]
+
+        for filters in (
+            {},
+            {"status": SagaStatus.COMPLETED},
+            {"status": SagaStatus.STARTED},
+            {"workflow_name": "count-me"},
+            {"workflow_name": "other", "status": SagaStatus.COMPLETED},
+        ):
+            where, params = [], []
+            if "status" in filters:
+                where.append("status = %s")
+                params.append(filters["status"].value)  # type: ignore[attr-defined]
+            if "workflow_name" in filters:
+                where.append("workflow_name = %s")
+                params.append(filters["workflow_name"])
+            clause = (" WHERE " + " AND ".join(where)) if where else ""
+            exact = sql(url, f"SELECT count(*) FROM {schema}.saga_states{clause}", tuple(params))[
+                0
+            ][0]
+            assert count(**filters) == exact, filters
+        assert count() == 29
+    finally:
+        store.close()

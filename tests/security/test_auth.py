@@ -4,6 +4,7 @@ and real gRPC, against a real JWKS endpoint on loopback; plus the key cache's be
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import socket
@@ -14,6 +15,7 @@ from functools import partial
 from typing import Any
 
 import grpc
+import jwt
 import pytest
 
 from saga_grpc.gen.k1s0.system.saga.v1 import saga_pb2
@@ -83,8 +85,6 @@ def bad_tokens(keys: Keys) -> dict[str, str | None]:
 
 def _tampered(token: str) -> str:
     """The token with its roles raised to sys_admin and the signature kept."""
-    import base64
-
     header, body, signature = token.split(".")
     claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
     claims["realm_access"] = {"roles": ["sys_admin"]}
@@ -293,11 +293,9 @@ def test_rest_jwks_refresh_is_rate_limited(rest: SecureRest, keys: Keys, jwks: J
     rest.request("GET", "/api/v1/workflows")  # each worker has its keys by now, or soon
     before = jwks.hits
     private = keys.private["rsa-2"]
-    import jwt as pyjwt
-
     for _ in range(40):
         claims = keys.claims()
-        token = pyjwt.encode(claims, private, algorithm="RS256", headers={"kid": uuid.uuid4().hex})
+        token = jwt.encode(claims, private, algorithm="RS256", headers={"kid": uuid.uuid4().hex})
         assert_error(
             rest.request("GET", "/api/v1/workflows", token=token), 401, "SYS_AUTH_MISSING_CLAIMS"
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -440,8 +441,6 @@ def test_grpc_participant_reply_over_the_limit_fails_the_step(
 ) -> None:
     """Over gRPC too, an oversized participant reply fails its step with RESOURCE_EXHAUSTED,
     the saga compensates and ends FAILED, and the reply is not stored."""
-    import time
-
     token = metadata(keys.token())
     started = secure_grpc.stub.StartSaga(
         saga_pb2.StartSagaRequest(workflow_name="big-reply"), metadata=token, timeout=10

@@ -328,7 +328,14 @@ def list_statements(schema: str, filters: SagaFilter) -> tuple[str, str, list[An
         conditions.append("correlation_id = %s")
         params.append(filters.correlation_id)
     where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
-    count_sql = qualify(f"SELECT count(*) AS n FROM {{schema}}.saga_states{where}", schema)
+    if filters.correlation_id is None:
+        # Kept exact by the trigger of migration 0003; a correlation id is selective enough
+        # for count(*) over its index.
+        count_sql = qualify(
+            f"SELECT COALESCE(sum(n), 0) AS n FROM {{schema}}.saga_counts{where}", schema
+        )
+    else:
+        count_sql = qualify(f"SELECT count(*) AS n FROM {{schema}}.saga_states{where}", schema)
     page_sql = qualify(
         f"SELECT {_STATE_COLUMNS} FROM {{schema}}.saga_states{where}"
         " ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s",
