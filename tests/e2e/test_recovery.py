@@ -136,7 +136,9 @@ def test_kill_9_in_the_middle_of_a_step(world_factory: Any) -> None:
         if c["path"] == "/Payment/Charge"
     )
     assert set(charges.values()) == {2}, "each charge was re-sent once after the crash, same key"
-    wait_until(lambda: recovered_in_log(second) == 20, 10, what="recovery log lines adding up to 20")
+    wait_until(
+        lambda: recovered_in_log(second) == 20, 10, what="recovery log lines adding up to 20"
+    )
 
 
 def test_kill_9_in_the_middle_of_compensation(world_factory: Any) -> None:
