@@ -1,7 +1,11 @@
 """Regenerate BENCHMARKS.md (and PNG plots in bench/plots/) from one results JSON file.
 
-`python -m bench.report bench/results/<stamp>.json` redoes it by hand. The hand-written
-profile analysis lives in bench/analysis.md and is included as is.
+`python -m bench.report bench/results/<stamp>.json [<later partial run>.json ...]` redoes it
+by hand; `python -m bench.report --latest` merges the latest full run with every later partial
+run (`--only`), as `python -m bench --only ...` does after it runs. Merging: a figure measured
+(without error) by a later partial run replaces that figure of the full run, and the report says
+which run each figure came from (`sources`). The hand-written profile analysis lives in
+bench/analysis.md and is included as is.
 """
 
 from __future__ import annotations
@@ -48,6 +52,94 @@ def _tp(res: dict[str, Any], store: str, wf: str, workers: int) -> dict[str, Any
 def _best_tp(res: dict[str, Any], store: str, wf: str) -> dict[str, Any] | None:
     cands = [e for e in res.get("throughput", []) if e["store"] == store and e["workflow"] == wf]
     return max(cands, key=lambda e: e["steps_per_s"]["median"] or 0) if cands else None
+
+
+# Which keys of a results JSON each figure fills.
+FIGURE_KEYS: dict[str, tuple[str, ...]] = {
+    "throughput": ("throughput",),
+    "baselines": ("raw_commit", "grpc_echo"),
+    "overhead": ("overhead",),
+    "peer": ("peer_dbos",),
+    "recovery": ("recovery",),
+    "list": ("list",),
+    "api": ("api",),
+    "events": ("events",),
+    "profile": ("profile",),
+}
+
+
+def _stamp(path: Path) -> str:
+    return path.name.removesuffix(".json")
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return dict(json.loads(Path(path).read_text()))
+
+
+def _is_full(res: dict[str, Any]) -> bool:
+    return not res.get("quick") and set(FIGURE_KEYS) <= set(res.get("figures_selected", []))
+
+
+def runs_to_merge(results_dir: Path) -> tuple[Path, list[Path]]:
+    """The latest full run in `results_dir` and the non-quick partial runs after it (oldest
+    first)."""
+    paths = sorted(
+        p for p in Path(results_dir).glob("*.json") if not p.name.endswith(".samples.json")
+    )
+    full = [p for p in paths if _is_full(_load(p))]
+    if not full:
+        raise FileNotFoundError(f"no full (non --quick, every figure) run in {results_dir}")
+    base = full[-1]
+    later = [
+        p
+        for p in paths
+        if p.name > base.name and not _load(p).get("quick") and not _is_full(_load(p))
+    ]
+    return base, later
+
+
+def merge(base_path: Path, overlays: list[Path]) -> dict[str, Any]:
+    """The base run's results with each overlay's measured figures in place of its own;
+    `sources` names the run each figure came from, `merged_from` the overlays."""
+    res = _load(base_path)
+    base = _stamp(Path(base_path))
+    sources: dict[str, str] = {}
+    for fig, keys in FIGURE_KEYS.items():
+        if any(k in res for k in keys):
+            sources[fig] = base
+    # Earlier hand merges recorded in the base (the re-run baselines) keep their note.
+    if "baselines" in sources and res.get("settings", {}).get("baselines_note"):
+        note = res["settings"]["baselines_note"]
+        sources["baselines"] = next(
+            (w.removesuffix(".json") for w in note.split() if w[:8].isdigit() and "T" in w),
+            base,
+        )
+    merged = []
+    for path in overlays:
+        ov = _load(path)
+        stamp = _stamp(Path(path))
+        took = []
+        for fig in ov.get("figures_selected", []):
+            keys = FIGURE_KEYS.get(fig, ())
+            if fig in ov.get("errors", {}) or not any(k in ov for k in keys):
+                continue
+            for k in keys:
+                if k in ov:
+                    res[k] = ov[k]
+            res.setdefault("errors", {}).pop(fig, None)
+            sources[fig] = stamp
+            took.append(fig)
+        if took:
+            merged.append(
+                {
+                    "run": stamp,
+                    "figures": took,
+                    "loadavg_at_start": ov.get("machine", {}).get("loadavg_at_start"),
+                }
+            )
+    res["sources"] = sources
+    res["merged_from"] = merged
+    return res
 
 
 def plots(res: dict[str, Any], samples: dict[str, Any]) -> list[str]:
@@ -111,8 +203,8 @@ def plots(res: dict[str, Any], samples: dict[str, Any]) -> list[str]:
     return made
 
 
-def write(path: Path) -> Path:
-    res = json.loads(Path(path).read_text())
+def write(path: Path, overlays: list[Path] | None = None) -> Path:
+    res = merge(Path(path), list(overlays or []))
     samples_path = Path(str(path).replace(".json", ".samples.json"))
     samples = json.loads(samples_path.read_text()) if samples_path.exists() else {}
     made = plots(res, samples)
@@ -129,6 +221,23 @@ def write(path: Path) -> Path:
         "next to the baselines it is judged against."
     )
     w("")
+    if res.get("merged_from"):
+        w(
+            "Merged with later partial runs (`python -m bench --only ...`) on the same machine and "
+            "PostgreSQL cluster; their figures replace the full run's: "
+            + "; ".join(
+                f"`bench/results/{m['run']}.json`: {', '.join(m['figures'])} "
+                f"(load average at start {m.get('loadavg_at_start')})"
+                for m in res["merged_from"]
+            )
+            + ". Which run each figure comes from:"
+        )
+        w("")
+        w("| figure | run |")
+        w("|---|---|")
+        for fig, stamp in res.get("sources", {}).items():
+            w(f"| {fig} | `{stamp}` |")
+        w("")
     w("## Machine")
     w("")
     w(
@@ -160,8 +269,19 @@ def write(path: Path) -> Path:
     _overhead(res, w, made)
     _peer(res, w)
     _scale(res, w)
+    _api(res, w)
+    _events(res, w)
     analysis = ROOT / "bench" / "analysis.md"
     if analysis.exists():
+        if res.get("merged_from"):
+            redone = sorted({f for m in res["merged_from"] for f in m["figures"]})
+            w(
+                f"> The analysis below was written for the full run `{Path(path).name}`; the figures "
+                f"re-measured since ({', '.join(redone)}) are in the sections above, and where the "
+                "analysis says otherwise about them (list cost, API and events not measured), the "
+                "sections above are current."
+            )
+            w("")
         w(analysis.read_text().rstrip())
         w("")
     prof = res.get("profile")

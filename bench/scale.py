@@ -10,6 +10,7 @@ leases to expire).
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -137,18 +138,34 @@ FROM generate_series(%s, %s) g
 def list_at_scale(
     admin_url: str, workdir: Path, *, quick: bool, results: dict[str, Any], db_suffix: str
 ) -> None:
+    """`GET /api/v1/sagas?status=...&page=...` through the real REST server (gunicorn, 2
+    workers, `saga.execute: false`) on a database of `rows` sagas: p50/p99 of sequential
+    requests from one keep-alive client in the bench process (one request in flight); next to
+    it the store call alone (`PostgresStore.list_sagas`, count + page) and the EXPLAIN ANALYZE
+    plans of both statements."""
+    import http.client
+
     import psycopg
 
+    from bench.api import free_port, start_rest
     from saga.model import SagaStatus
     from workers.store.base import SagaFilter
     from workers.store.postgres import PostgresStore, list_statements
 
     rows = 200_000 if quick else 1_000_000
-    reps = 20 if quick else 60
-    res: dict[str, Any] = {"rows": rows, "repetitions": reps}
+    reps = 50 if quick else 200
+    res: dict[str, Any] = {
+        "rows": rows,
+        "repetitions": reps,
+        "method": "HTTP: sequential GETs, one keep-alive connection (http.client) from the bench "
+        "process to gunicorn (2 gthread workers x 8 threads, saga.execute false), page_size 20; "
+        "store: PostgresStore.list_sagas (count + page) in the bench process",
+    }
     results["list"] = res
     db = c.BenchDatabase(admin_url, f"saga_bench_list_{db_suffix}")
     store = None
+    server = None
+    conn_http = None
     try:
         t0 = time.monotonic()
         with psycopg.connect(db.url, autocommit=True) as conn:
@@ -156,8 +173,24 @@ def list_at_scale(
             for lo in range(1, rows + 1, step):
                 conn.execute(_FILL, (lo, min(rows, lo + step - 1)))
             conn.execute("VACUUM ANALYZE saga.saga_states")
+            res["saga_counts_rows"] = int(
+                conn.execute("SELECT count(*) FROM saga.saga_counts").fetchone()[0]
+            )
         res["fill_s"] = round(time.monotonic() - t0, 1)
         c.log(f"  list: {rows:,} sagas inserted and analysed in {res['fill_s']:.0f} s")
+        d = workdir / "list"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "workflows").mkdir(exist_ok=True)
+        port = free_port()
+        cfg = c.write_config(
+            d / "list.yaml",
+            participant_port=1,  # never called: nothing executes
+            workflow_dir=d / "workflows",
+            database_url=db.url,
+            extra={"server": {"port": port, "workers": 2, "threads": 8}, "saga": {"execute": False}},
+        )
+        server = start_rest(cfg, d / "gunicorn.log", port)
+        conn_http = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         store = PostgresStore(db.url, min_size=1, max_size=2)
         cases = {
             "status=COMPLETED&page=1": (SagaFilter(status=SagaStatus.COMPLETED), 1),
@@ -166,16 +199,41 @@ def list_at_scale(
             "status=STARTED&page=10": (SagaFilter(status=SagaStatus.STARTED), 10),
             "(no filter)&page=1": (SagaFilter(), 1),
         }
+        expected = _expected_counts(rows)
         res["queries"] = {}
+        res["store_queries"] = {}
+        res["total_count"] = {}
         res["plans"] = {}
         for label, (flt, page) in cases.items():
+            query = label.replace("(no filter)&", "")
+            path = f"/api/v1/sagas?{query}"
+
+            def get(path: str = path) -> dict[str, Any]:
+                assert conn_http is not None
+                conn_http.request("GET", path)
+                r = conn_http.getresponse()
+                body = r.read()
+                if r.status != 200:
+                    raise RuntimeError(f"GET {path}: {r.status} {body[:200]!r}")
+                return dict(json.loads(body))
+
+            for _ in range(5):  # warm: both workers, their pools, the plan cache
+                first = get()
+            samples = []
+            for _ in range(reps):
+                t = time.perf_counter()
+                get()
+                samples.append((time.perf_counter() - t) * 1000)
+            res["queries"][label] = c.latency(samples)
+            want = expected.get(flt.status.value if flt.status else None)
+            res["total_count"][label] = {"api": first["pagination"]["total_count"], "expected": want}
             store.list_sagas(flt, page, 20)  # warm
             samples = []
             for _ in range(reps):
                 t = time.perf_counter()
                 store.list_sagas(flt, page, 20)
                 samples.append((time.perf_counter() - t) * 1000)
-            res["queries"][label] = c.latency(samples)
+            res["store_queries"][label] = c.latency(samples)
             count_sql, page_sql, params = list_statements("saga", flt)
             with psycopg.connect(db.url, autocommit=True) as conn:
                 plans = {}
@@ -186,11 +244,30 @@ def list_at_scale(
                     plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, p).fetchall()
                     plans[kind] = "\n".join(r[0] for r in plan)
                 res["plans"][label] = plans
-            q = res["queries"][label]
+            q, s = res["queries"][label], res["store_queries"][label]
             c.log(
-                f"  list {label}: p50 {q['p50_ms']:.1f} ms p99 {q['p99_ms']:.1f} ms (store.list_sagas, count + page)"
+                f"  list {label}: HTTP p50 {q['p50_ms']:.1f} ms p99 {q['p99_ms']:.1f} ms; "
+                f"store p50 {s['p50_ms']:.1f} ms p99 {s['p99_ms']:.1f} ms; total_count "
+                f"{first['pagination']['total_count']} (expected {want})"
             )
     finally:
+        if conn_http is not None:
+            conn_http.close()
+        if server is not None:
+            c.stop(server)
         if store is not None:
             store.close()
         db.drop()
+
+
+def _expected_counts(rows: int) -> dict[str | None, int]:
+    """Per status, how many of generate_series(1, rows) `_FILL` gives it (None: all)."""
+    out: dict[str | None, int] = {None: rows}
+    for g in range(100):
+        n = len(range(g if g else 100, rows + 1, 100))
+        status = (
+            "COMPLETED" if g < 80 else "FAILED" if g < 90 else "CANCELLED" if g < 95
+            else "RUNNING" if g < 98 else "COMPENSATING" if g < 99 else "STARTED"
+        )
+        out[status] = out.get(status, 0) + n
+    return out

@@ -81,7 +81,9 @@ def _missing(what: str, var: str) -> None:
             f"{var} (did `bash scripts/services.sh up` fail in .ci/run?)",
             pytrace=False,
         )
-    pytest.skip(f"{what} not available ({var} unset, nothing in .services/env): {_UP}")
+    pytest.skip(
+        f"{what} not available ({var} unset, nothing in .services/env): {_UP}"
+    )  # not under CI=true: failed above
 
 
 def require_postgres() -> str:

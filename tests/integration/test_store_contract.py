@@ -47,6 +47,7 @@ from workers.store.base import (
 )
 
 STORE_KINDS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+DURABLE_KINDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 LONG = 30.0  # a lease that does not expire during a test
 SHORT = 0.2  # a lease that a test waits out
 PAST_SHORT = 0.4  # sleep long enough for a SHORT lease to have expired
@@ -102,6 +103,16 @@ class StoreFactory:
 
 @pytest.fixture(params=STORE_KINDS)
 def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    made = StoreFactory(request.param, tmp_path)
+    try:
+        yield made
+    finally:
+        made.close_all()
+
+
+# The stores that keep data across instances (the memory store, by design, does not).
+@pytest.fixture(params=DURABLE_KINDS)
+def durable_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     made = StoreFactory(request.param, tmp_path)
     try:
         yield made
@@ -1183,10 +1194,9 @@ def test_prune_deletes_only_old_published_rows(outbox_store: Store, clock: Clock
 # ---------------------------------------------------------------- durability
 
 
-def test_data_survives_reopening(factory: StoreFactory, clock: Clock) -> None:
+def test_data_survives_reopening(durable_factory: StoreFactory, clock: Clock) -> None:
     """What one store instance committed, a fresh instance on the same database reads back."""
-    if factory.kind == "memory":
-        pytest.skip("the memory store keeps nothing across instances by design")
+    factory = durable_factory
     first = factory.open(outbox=True)
     wf = first.register_workflow(make_workflow())
     saga = make_saga(first, wf, clock(), correlation_id="keep")
