@@ -46,8 +46,12 @@ unit: $(STAMP)
 
 # Benchmarks (BENCHMARKS.md): installs the bench extras, starts the services, runs every figure
 # (< 30 min; BENCH_ARGS=--quick for the ~2-minute subset) and regenerates BENCHMARKS.md.
+# wrk (Debian) drives the REST API figure; without it a Python load generator stands in.
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
+	command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get install -y -q wrk >/dev/null; } || \
+	  echo "bench: wrk not installed (apt-get install wrk); the REST load generator is Python"
 	bash scripts/services.sh up
 	set -a; [ -f .services/env ] && . .services/env; set +a; \
 	  $(BIN)/python -m bench $(BENCH_ARGS)

@@ -210,7 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_report:
         from bench import report
 
-        md = report.write(path)
+        if args.quick or set(selected) >= set(FIGURES):
+            md = report.write(path)
+        else:
+            # A partial run: BENCHMARKS.md stays the latest full run, with the figures measured
+            # by this and any other partial run since it merged in (each one's source named).
+            try:
+                base, later = report.runs_to_merge(out_dir)
+            except FileNotFoundError:
+                base, later = path, []
+            md = report.write(base, later)
         c.log(f"report: {md}")
     return 0
 

@@ -262,8 +262,9 @@ def start_grpc(cfg: Path, log_path: Path, port: int) -> Any:
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
         c.wait_until(
-            lambda: proc.poll() is not None
-            or "listening on" in log_path.read_text(errors="replace"),
+            lambda: (
+                proc.poll() is not None or "listening on" in log_path.read_text(errors="replace")
+            ),
             60,
             interval=0.2,
             what="gRPC API up",
@@ -289,8 +290,7 @@ def _agg(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["errors"] = sum(r.get("errors", 0) for r in runs)
     labels = sorted({k for r in runs for k in r.get("cpu_cores", {})})
     out["cpu_cores_median"] = {
-        k: round(c.summary([r["cpu_cores"].get(k, 0.0) for r in runs])["median"], 2)
-        for k in labels
+        k: round(c.summary([r["cpu_cores"].get(k, 0.0) for r in runs])["median"], 2) for k in labels
     }
     out["runs"] = runs
     return out
@@ -455,7 +455,7 @@ def events(
     from workers.store.postgres import PostgresStore
 
     runs = 3
-    n = 1000 if quick else 3000
+    n = 1000 if quick else 8000
     d = workdir / "events"
     d.mkdir(parents=True, exist_ok=True)
     c.write_workflows(d / "workflows")
@@ -487,7 +487,7 @@ def events(
         try:
             engine.start()
             c.wait_until(
-                lambda: sum(reader.counts().get(s, 0) for s in c.TERMINAL) >= n,
+                lambda r=reader: sum(r.counts().get(s, 0) for s in c.TERMINAL) >= n,
                 180,
                 interval=0.2,
                 what="pre-fill sagas terminal",
@@ -512,7 +512,9 @@ def events(
             t0 = time.monotonic()
             wall0 = time.time()
             relay.start()
-            c.wait_until(lambda: store.outbox_stats()[0] == 0, 300, interval=0.02, what="outbox empty")
+            c.wait_until(
+                lambda st=store: st.outbox_stats()[0] == 0, 300, interval=0.02, what="outbox empty"
+            )
             drain = time.monotonic() - t0
         finally:
             relay.stop(10)

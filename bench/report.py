@@ -360,7 +360,7 @@ def _goals(res: dict[str, Any], w: Any) -> None:
     if lst.get("queries"):
         p50 = max(q["p50_ms"] for q in lst["queries"].values())
         w(
-            f"| list p50 ≤ 20 ms at 1M rows | worst query p50 {_f(p50, 1)} ms | {p50 / GOALS['list_p50_ms']:.2f}× budget "
+            f"| list p50 ≤ 20 ms at 1M rows | worst query p50 {_f(p50, 1)} ms{' over HTTP (gunicorn)' if 'store_queries' in lst else ''} | {p50 / GOALS['list_p50_ms']:.2f}× budget "
             f"| {'yes' if p50 <= 20 else '**no**'} |"
         )
     rec = res.get("recovery", {})
@@ -564,8 +564,13 @@ def _scale(res: dict[str, Any], w: Any) -> None:
         w("")
     lst = res.get("list")
     if lst:
-        w("## 6. List at scale")
-        w("")
+        _list(lst, w)
+
+
+def _list(lst: dict[str, Any], w: Any) -> None:
+    w("## 6. List at scale")
+    w("")
+    if "store_queries" not in lst:  # a run from before the HTTP measurement
         for k, v in lst.items():
             if k == "queries":
                 w("| query | p50 ms | p99 ms |")
@@ -575,25 +580,140 @@ def _scale(res: dict[str, Any], w: Any) -> None:
                 w("")
             elif k != "plans":
                 w(f"- {k}: {v}")
-        if lst.get("plans"):
+        w("")
+        return
+    w(
+        f"`GET /api/v1/sagas?status=...&page=...` with {lst['rows']:,} sagas in PostgreSQL (80% COMPLETED, "
+        "10% FAILED, 5% CANCELLED, 3% RUNNING, 1% COMPENSATING, 1% STARTED; inserted in 250k-row statements, then "
+        f"`VACUUM ANALYZE`, {_f(lst.get('fill_s'), 0)} s). Method: {lst.get('method')}; {lst['repetitions']} "
+        "requests per query after 5 warm-up ones. `total_count` comes from the `saga_counts` counters of migration "
+        "0003 (kept by statement triggers), checked against the known distribution."
+    )
+    w("")
+    w(
+        "| query | HTTP p50 ms | HTTP p99 ms | store p50 ms | store p99 ms | total_count (API / expected) |"
+    )
+    w("|---|---:|---:|---:|---:|---:|")
+    for q, h in lst["queries"].items():
+        s = lst["store_queries"].get(q, {})
+        tc = lst.get("total_count", {}).get(q, {})
+        ok = "" if tc.get("api") == tc.get("expected") else " **mismatch**"
+        w(
+            f"| `{q}` | {_f(h['p50_ms'], 1)} | {_f(h['p99_ms'], 1)} | {_f(s.get('p50_ms'), 1)} | "
+            f"{_f(s.get('p99_ms'), 1)} | {_f(tc.get('api'))} / {_f(tc.get('expected'))}{ok} |"
+        )
+    w("")
+    plans = lst.get("plans") or {}
+    if plans:
+        w(
+            "Query plans (EXPLAIN (ANALYZE, BUFFERS) of the count and page statements, right after the timed "
+            "requests) are in the results JSON under `list.plans`; two of them:"
+        )
+        w("")
+        for q in list(plans)[:2]:
+            w(f"<details><summary><code>{q}</code></summary>")
             w("")
-            w("Query plans (EXPLAIN ANALYZE) are recorded in the results JSON under `list.plans`.")
-        w("")
+            w("```")
+            for kind, text in plans[q].items():
+                w(f"-- {kind}")
+                w(text)
+            w("```")
+            w("")
+            w("</details>")
+            w("")
+
+
+_API_LABELS = {
+    "rest_start_saga_c1": ("REST `POST /api/v1/sagas`", "1 connection"),
+    "rest_start_saga_c16": ("REST `POST /api/v1/sagas`", "16 connections"),
+    "rest_get_saga_c1": ("REST `GET /api/v1/sagas/<id>`", "1 connection"),
+    "rest_get_saga_c16": ("REST `GET /api/v1/sagas/<id>`", "16 connections"),
+    "grpc_start_saga_inflight1": ("gRPC `StartSaga`", "1 in flight"),
+    "grpc_start_saga_inflight64": ("gRPC `StartSaga`", "64 in flight"),
+}
+
+
+def _api(res: dict[str, Any], w: Any) -> None:
     api = res.get("api")
-    if api:
-        w("## 5. API")
-        w("")
-        for k, v in api.items():
-            w(f"- {k}: {v}")
-        w("")
+    if not api or not api.get("cases"):
+        return
+    w("## 5. API")
+    w("")
+    w(
+        f"REST: `{api.get('rest_server')}`; gRPC: `{api.get('grpc_server')}`; both on the bench's PostgreSQL "
+        f"database, `CONFIG_PATH` a bench config. Load generators, each a separate process: REST — {api.get('rest_loadgen')}; "
+        f"gRPC — {api.get('grpc_loadgen')}. Closed loop at a fixed concurrency for {_f(api.get('seconds_per_run'), 0)} s per run, "
+        f"median of {api.get('runs_per_case')} runs (min–max). The start-saga body is a 3-step workflow with a "
+        "two-field payload; the database is truncated before each start-saga run; GET by id picks a random one of "
+        "10,000 stored sagas per request (no step logs). Latencies are the load generator's."
+    )
+    w("")
+    w(
+        "| call | concurrency | req/s | p50 ms | p99 ms | errors | CPU (cores): load generator / server / PostgreSQL / whole machine |"
+    )
+    w("|---|---|---:|---:|---:|---:|---|")
+    for key, e in api["cases"].items():
+        call, conc = _API_LABELS.get(key, (key, ""))
+        cpu = e.get("cpu_cores_median", {})
+        w(
+            f"| {call} | {conc} | {_mmm(e.get('req_per_s'))} | {_mmm(e.get('p50_ms'), 2)} | {_mmm(e.get('p99_ms'), 2)} "
+            f"| {e.get('errors')} | {_f(cpu.get('loadgen'), 2)} / {_f(cpu.get('server'), 2)} / "
+            f"{_f(cpu.get('postgres'), 2)} / {_f(cpu.get('machine_busy'), 2)} of {res.get('machine', {}).get('cores')} |"
+        )
+    w("")
+    w(
+        "CPU is per run (median): CPU seconds ÷ wall seconds, for the load generator (its rusage), the server's process "
+        "group (gunicorn master + workers, or the gRPC process) and every `postgres` process, from /proc; the whole "
+        "machine from /proc/stat. **The load generator competes for the same 2 cores** as the server and PostgreSQL: "
+        "wrk (C) takes little, the Python gRPC client a noticeable share, so the gRPC figure is a floor. At 16 "
+        "connections the machine is close to fully busy."
+    )
+    w("")
+
+
+def _events(res: dict[str, Any], w: Any) -> None:
     ev = res.get("events")
-    if ev:
-        w("## 9. Events")
-        w("")
-        for k, v in ev.items():
-            w(f"- {k}: {v}")
-        w("")
+    if not ev or not ev.get("runs"):
+        return
+    w("## 9. Events: outbox relay to Kafka")
+    w("")
+    w(
+        f"Per run: {ev['sagas_per_run']:,} `{ev['workflow']}` sagas run to the end through an `Engine` (executor on, relay off) "
+        f"on a config with a `kafka` section, so their commits fill the outbox ({_f(ev.get('events_per_saga'), 1)} events per "
+        f"saga); then one `workers.relay.OutboxRelay` (batch {ev.get('relay_batch')}, idempotent producer, acks=all) "
+        f"starts on a fresh 1-partition topic of the broker at {ev.get('broker')} and the clock runs until the store "
+        "reports no unpublished row (producer connection included). **steady** = rate over the 10th–90th percentile "
+        "of `published_at` (marks are per batch, so this is coarse). A consumer then reads the topic from the start."
+    )
+    w("")
+    w("| | events/s |")
+    w("|---|---:|")
+    w(f"| backlog ÷ drain time | {_mmm(ev.get('events_per_s'))} |")
+    w(f"| steady (10th–90th percentile of published_at) | {_mmm(ev.get('events_per_s_steady'))} |")
+    w("")
+    w(
+        "| run | events | drain s | first publish after s | consumed | distinct | lost | duplicates |"
+    )
+    w("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for i, r in enumerate(ev["runs"], 1):
+        w(
+            f"| {i} | {r['events']:,} | {_f(r['drain_s'], 2)} | {_f(r.get('first_publish_after_s'), 2)} | "
+            f"{r['consumed']:,} | {r['consumed_distinct']:,} | {r['lost']} | {r['duplicates']} |"
+        )
+    w("")
+
+
+def _cli(argv: list[str]) -> int:
+    if argv[:1] == ["--latest"]:
+        base, later = runs_to_merge(ROOT / "bench" / "results")
+        print(write(base, later))
+    elif argv:
+        print(write(Path(argv[0]), [Path(a) for a in argv[1:]]))
+    else:
+        print(__doc__)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    print(write(Path(sys.argv[1])))
+    sys.exit(_cli(sys.argv[1:]))

@@ -187,7 +187,10 @@ def list_at_scale(
             participant_port=1,  # never called: nothing executes
             workflow_dir=d / "workflows",
             database_url=db.url,
-            extra={"server": {"port": port, "workers": 2, "threads": 8}, "saga": {"execute": False}},
+            extra={
+                "server": {"port": port, "workers": 2, "threads": 8},
+                "saga": {"execute": False},
+            },
         )
         server = start_rest(cfg, d / "gunicorn.log", port)
         conn_http = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -226,7 +229,10 @@ def list_at_scale(
                 samples.append((time.perf_counter() - t) * 1000)
             res["queries"][label] = c.latency(samples)
             want = expected.get(flt.status.value if flt.status else None)
-            res["total_count"][label] = {"api": first["pagination"]["total_count"], "expected": want}
+            res["total_count"][label] = {
+                "api": first["pagination"]["total_count"],
+                "expected": want,
+            }
             store.list_sagas(flt, page, 20)  # warm
             samples = []
             for _ in range(reps):
@@ -266,8 +272,17 @@ def _expected_counts(rows: int) -> dict[str | None, int]:
     for g in range(100):
         n = len(range(g if g else 100, rows + 1, 100))
         status = (
-            "COMPLETED" if g < 80 else "FAILED" if g < 90 else "CANCELLED" if g < 95
-            else "RUNNING" if g < 98 else "COMPENSATING" if g < 99 else "STARTED"
+            "COMPLETED"
+            if g < 80
+            else "FAILED"
+            if g < 90
+            else "CANCELLED"
+            if g < 95
+            else "RUNNING"
+            if g < 98
+            else "COMPENSATING"
+            if g < 99
+            else "STARTED"
         )
         out[status] = out.get(status, 0) + n
     return out

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -14,14 +13,15 @@ from pathlib import Path
 
 import requests
 
-from tests.harness import ROOT, ParticipantProcess, WorkerProcess, wait_until, write_config
+from tests.harness import (
+    ROOT,
+    ParticipantProcess,
+    WorkerProcess,
+    free_port,
+    wait_until,
+    write_config,
+)
 from tests.services import require_kafka
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_api_processes_and_workers_share_one_postgres_and_publish_to_kafka(

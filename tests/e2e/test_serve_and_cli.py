@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -17,15 +16,9 @@ import pytest
 import requests
 
 from saga_grpc.gen.k1s0.system.saga.v1 import saga_pb2, saga_pb2_grpc
-from tests.harness import ROOT, ParticipantProcess, wait_until, write_config
+from tests.harness import ROOT, ParticipantProcess, free_port, wait_until, write_config
 
 SAGA = [sys.executable, "-m", "workers.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def processes_mentioning(text: str) -> list[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from prometheus_client import REGISTRY
 from saga_grpc.gen.k1s0.system.common.v1 import types_pb2
 from saga_grpc.gen.k1s0.system.saga.v1 import saga_pb2, saga_pb2_grpc
 from saga_grpc.server import build_api, build_server, serve
+from tests.harness import free_port
 from workers.config import Config, GrpcConfig, SagaSection, ServiceEndpoint
 from workers.engine import Engine
 from workers.participants import start_participant_server
@@ -174,12 +174,6 @@ def as_datetime(ts: types_pb2.Timestamp) -> datetime:
 def grpc_count(method: str, code: str) -> float:
     value = REGISTRY.get_sample_value("saga_grpc_requests_total", {"method": method, "code": code})
     return value or 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def health_status(port: int, service: str = "") -> int:

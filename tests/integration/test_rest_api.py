@@ -25,6 +25,7 @@ import yaml
 from werkzeug.serving import make_server
 
 from saga_http.app import create_app
+from tests.harness import free_port
 from workers.config import load_config
 from workers.engine import Engine
 from workers.participants import start_participant_server
@@ -100,12 +101,6 @@ steps:
 
 
 # ----------------------------------------------------------------------------- harness
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def gunicorn_executable() -> str:
