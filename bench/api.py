@@ -663,6 +663,8 @@ def _http_load(
 
     def run(i: int) -> None:
         conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         rnd = random.Random(i)
         while time.perf_counter() < end:
             t = time.perf_counter()

@@ -129,6 +129,8 @@ def merge(base_path: Path, overlays: list[Path]) -> dict[str, Any]:
             res.setdefault("errors", {}).pop(fig, None)
             sources[fig] = stamp
             took.append(fig)
+        for note in ov.get("findings", []):
+            res.setdefault("findings", []).append(f"({stamp}) {note}")
         if took:
             merged.append(
                 {
@@ -271,10 +273,23 @@ def write(path: Path, overlays: list[Path] | None = None) -> Path:
     _scale(res, w)
     _api(res, w)
     _events(res, w)
+    if res.get("findings"):
+        w("## Findings of the re-measured figures")
+        w("")
+        w(
+            "Written after the run named in brackets (its results JSON, key `findings`), from its figures and a py-spy profile."
+        )
+        w("")
+        for note in res["findings"]:
+            w(f"- {note}")
+        w("")
     analysis = ROOT / "bench" / "analysis.md"
     if analysis.exists():
         if res.get("merged_from"):
-            redone = sorted({f for m in res["merged_from"] for f in m["figures"]})
+            note = res.get("settings", {}).get("baselines_note") or ""
+            redone = sorted(
+                {f for m in res["merged_from"] if m["run"] not in note for f in m["figures"]}
+            )
             w(
                 f"> The analysis below was written for the full run `{Path(path).name}`; the figures "
                 f"re-measured since ({', '.join(redone)}) are in the sections above, and where the "

@@ -446,7 +446,9 @@ class Executor:
             except Exception as exc:
                 log.warning("lease renewal failed (%s)", type(exc).__name__)
                 continue
-            lost = set(leases) - held
+            with self._runs_lock:
+                # A saga that ended while the renewal ran released its lease: not a loss.
+                lost = [i for i in leases if i not in held and i in self._runs]
             if lost:
                 log.warning(
                     "%d leases no longer held; their next commit will be refused", len(lost)
