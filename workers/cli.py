@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -102,20 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="config file (default: $CONFIG_PATH or config/config.yaml)")
     p.set_defaults(func=_cmd_migrate)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    from workers.client import register as register_client
+
+    register_client(sub)
     return parser
-
-
-def _register_client(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from workers.client import register
-
-    register(sub)
-
-
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
-    _register_client
-]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

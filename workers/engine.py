@@ -36,8 +36,10 @@ def open_store(config: Config) -> Store:
     if url:
         from workers.store.postgres import PostgresStore
 
-        size = max(2, config.database.max_open_conns if config.database else 10)
-        return PostgresStore(url, outbox=outbox, min_size=1, max_size=size)
+        db = config.database
+        size = max(2, db.max_open_conns if db else 10)
+        idle = min(size, max(1, db.max_idle_conns if db else 2))
+        return PostgresStore(url, outbox=outbox, min_size=idle, max_size=size)
     from workers.store.sqlite import SqliteStore
 
     return SqliteStore(config.saga.sqlite_path, outbox=outbox)

@@ -82,7 +82,7 @@ class WorkflowCatalog:
 class _Run:
     """One saga this executor holds."""
 
-    __slots__ = ("state", "workflow", "token", "body", "cancel", "call_started", "lost")
+    __slots__ = ("state", "workflow", "token", "body", "cancel", "call_started")
 
     def __init__(self, claimed: Claimed, workflow: Workflow) -> None:
         self.state: SagaState = claimed.state
@@ -91,7 +91,6 @@ class _Run:
         self.cancel = claimed.cancel_requested
         self.body = json.dumps(dict(claimed.state.payload), separators=(",", ":")).encode()
         self.call_started = 0.0
-        self.lost = False
 
 
 class Executor:
