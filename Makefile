@@ -50,7 +50,7 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  apt-get install -y -q wrk >/dev/null; } || \
+	  { apt-get update -qq >/dev/null; apt-get install -y -q wrk >/dev/null; }; } || \
 	  echo "bench: wrk not installed (apt-get install wrk); the REST load generator is Python"
 	bash scripts/services.sh up
 	set -a; [ -f .services/env ] && . .services/env; set +a; \
