@@ -74,7 +74,7 @@ def raw_commit(
         c.pg_truncate(pg_url)
         conn.execute(_PREPARE.replace("%(rows)s", str(ROWS)))
         ids = [r[0] for r in conn.execute("SELECT id FROM public.bench_ids").fetchall()]
-    secs = 3 if quick else 5
+    secs = 2 if quick else 5
     out: dict[str, Any] = {"rows": ROWS, "seconds_per_run": secs, "pgbench": {}, "psycopg": {}}
     results["raw_commit"] = out
     pgbench = _pgbench_binary()
@@ -164,7 +164,7 @@ def _psycopg_rate(pg_url: str, ids: list[Any], conns: int, secs: float) -> float
 
 
 def grpc_echo(part: c.Participant, *, quick: bool, runs: int, results: dict[str, Any]) -> None:
-    secs = 2 if quick else 4
+    secs = 1.5 if quick else 4
     body = json.dumps({"order_id": "bench", "amount": 42}, separators=(",", ":")).encode()
     out: dict[str, Any] = {"seconds_per_run": secs}
     results["grpc_echo"] = out
