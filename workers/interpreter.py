@@ -397,6 +397,8 @@ class Executor:
                 results = self._store.commit(self.owner, requests, self._lease)
                 backoff = 0.05
             except Exception as exc:
+                if len(batch) > 1 and self._commit_one_by_one(batch):
+                    continue
                 log.warning(
                     "commit of %d sagas failed (%s: %s); retrying in %.2fs",
                     len(batch),
@@ -417,6 +419,40 @@ class Executor:
                 except Exception:
                     log.exception("saga %s: after-commit step failed", item[0].state.saga_id)
                     self._forget(item[0], release=True)
+
+    def _commit_one_by_one(self, batch: list[tuple[_Run, Commit, tuple[Effect, ...], int]]) -> bool:
+        """After a batch failed: commit its sagas one at a time, so one commit the store
+        refuses (bad data) cannot hold every other saga back. Returns False, changing nothing,
+        when none goes through (the store is down: the batch is retried as a whole)."""
+        outcomes: list[CommitResult | Exception] = []
+        for run, commit, _, _ in batch:
+            try:
+                outcomes.append(
+                    self._store.commit(self.owner, [CommitRequest(commit, run.token)], self._lease)[
+                        0
+                    ]
+                )
+            except Exception as exc:
+                outcomes.append(exc)
+        if all(isinstance(o, Exception) for o in outcomes):
+            return False
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                log.error(
+                    "saga %s: the store refused its commit (%s: %s); dropping it here, its lease "
+                    "expires and another attempt starts from the last commit",
+                    item[0].state.saga_id,
+                    type(outcome).__name__,
+                    str(outcome).splitlines()[0] if str(outcome) else "",
+                )
+                self._forget(item[0], release=False)
+                continue
+            try:
+                self._committed(item, outcome)
+            except Exception:
+                log.exception("saga %s: after-commit step failed", item[0].state.saga_id)
+                self._forget(item[0], release=True)
+        return True
 
     def _timer_loop(self) -> None:
         while not self._stopping.is_set():

@@ -22,7 +22,11 @@ from typing import Any
 import attrs
 import grpc
 
+from saga.errors import ValidationError
+from workers.inputs import check_json
+
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+_MAX_REPLY_DEPTH = 256
 
 # Codes made up by the caller itself (the remote never answered with them); the rest of
 # ``CallResult.code`` values are gRPC status names.
@@ -76,6 +80,12 @@ def _parse_reply(body: bytes) -> dict[str, Any] | str:
         return f"participant reply is not valid JSON: {exc}"
     if not isinstance(value, dict):
         return f"participant reply is not a JSON object (got {type(value).__name__})"
+    try:
+        # A NUL or a lone surrogate could not be stored (PostgreSQL refuses them in JSONB), and
+        # a reply nested past any sane depth is refused the same way: a step log must be writable.
+        check_json(value, "participant reply", max_depth=_MAX_REPLY_DEPTH)
+    except ValidationError as exc:
+        return exc.message
     return value
 
 

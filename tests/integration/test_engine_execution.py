@@ -219,3 +219,46 @@ def test_a_saga_keeps_the_workflow_version_it_started_with(
     later, _ = engine.start_saga("three", {})
     _, later_logs = finish(engine, later.saga_id)
     assert [g.step_name for g in later_logs] == ["only"]
+
+
+def test_a_commit_the_store_refuses_does_not_hold_other_sagas_back(tmp_path: Path) -> None:
+    """One saga whose commits the store rejects is dropped; the 30 started with it all complete."""
+    from saga.model import SagaState
+    from workers.store.base import CommitRequest, CommitResult
+    from workers.store.memory import MemoryStore
+
+    class RefusingStore(MemoryStore):
+        def commit(self, owner: str, requests: Any, lease_secs: float) -> list[CommitResult]:
+            batch: list[CommitRequest] = list(requests)
+            if any(r.commit.state.payload.get("poison") for r in batch):
+                raise ValueError("value refused by the store")
+            return super().commit(owner, batch, lease_secs)
+
+    proc = ParticipantProcess({"*": {"sleep_ms": 20}}, tmp_path)
+    try:
+        workflow_file(tmp_path / "wf", "three", WORKFLOW_STEPS)
+        config = load_config(
+            str(
+                write_config(
+                    tmp_path / "c.yaml", port=proc.port, workflow_dir=tmp_path / "wf", lease_secs=60
+                )
+            ),
+            environ={},
+        )
+        engine = Engine(config, RefusingStore(), execute=False)
+        engine.start()
+        poison, _ = engine.start_saga("three", {"poison": True})
+        ids = [engine.start_saga("three", {"n": i})[0].saga_id for i in range(30)]
+        running = Engine(config, engine.store, execute=True)
+        running.catalog = engine.catalog
+        running.start()
+        try:
+            for saga_id in ids:
+                state, _ = finish(running, saga_id, timeout=30)
+                assert state.status is SagaStatus.COMPLETED
+            stuck: SagaState | None = running.store.get_saga(poison.saga_id)
+            assert stuck is not None and stuck.status is SagaStatus.STARTED
+        finally:
+            running.close()
+    finally:
+        proc.stop()

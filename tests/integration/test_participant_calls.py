@@ -311,3 +311,17 @@ def test_participant_process_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     process = ParticipantProcess(tmp_path, {})
     assert process.port > 0
     assert process.stop() == 0
+
+
+@pytest.mark.parametrize("raw", ['{"note": "a\\u0000b"}', '{"note": "\\ud800"}', '{"\\udfff": 1}'])
+def test_reply_that_no_store_could_keep_is_refused(raw: str) -> None:
+    """A reply carrying a NUL or a lone surrogate fails as INVALID_RESPONSE instead of poisoning a commit."""
+    server, port = start_participant_server({"Bad.Reply": {"reply_raw": raw}})
+    try:
+        with ParticipantCaller({"bad": ("127.0.0.1", port)}) as caller:
+            result = caller.call("bad", "Bad.Reply", b"{}", 5.0, [])
+        assert not result.ok
+        assert result.code == "INVALID_RESPONSE"
+        assert "NUL" in result.message or "surrogate" in result.message
+    finally:
+        server.stop(None)
