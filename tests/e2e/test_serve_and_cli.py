@@ -99,7 +99,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
                 "fail": "FAILED_PRECONDITION",
                 "message": "payment declined",
             },
-            "ShippingService.CreateShipment": {"sleep_ms": 300},
+            "ShippingService.CreateShipment": {"sleep_ms": 1500},
         },
         tmp_path,
     )

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
-import weakref
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -360,27 +358,6 @@ def _dumps(value: object) -> str:
     return json.dumps(value, default=_json_default, separators=(",", ":"))
 
 
-class _ProbeWhenIdle:
-    """The pool's connection check: probe (`SELECT 1`) only a connection that sat idle for
-    more than `idle_secs`. A connection returned to the pool a moment ago is alive but for a
-    server that died in that moment, which the executor's retries absorb anyway."""
-
-    def __init__(self, idle_secs: float = 1.0) -> None:
-        self._idle_secs = idle_secs
-        self._returned: weakref.WeakKeyDictionary[Connection[Any], float] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    def returned(self, conn: Connection[Any]) -> None:
-        self._returned[conn] = time.monotonic()
-
-    def check(self, conn: Connection[Any]) -> None:
-        last = self._returned.get(conn)
-        if last is not None and time.monotonic() - last < self._idle_secs and not conn.broken:
-            return
-        ConnectionPool.check_connection(conn)
-
-
 def _jsonb(value: object | None) -> Jsonb | None:
     return None if value is None else Jsonb(value, dumps=_dumps)
 
@@ -477,7 +454,6 @@ class PostgresStore(Store):
         kwargs = connect_kwargs(conninfo, autocommit=True)
         if "application_name" not in conninfo_to_dict(conninfo):
             kwargs["application_name"] = "saga-store"
-        self._liveness = _ProbeWhenIdle()
         self._pool: ConnectionPool[Connection[Any]] = ConnectionPool(
             conninfo,
             kwargs=kwargs,
@@ -486,10 +462,9 @@ class PostgresStore(Store):
             open=False,
             configure=_configure_session,
             # A connection that died with the server is found and replaced before it is
-            # handed out, so a restart costs no failed call once the server is back; one used
-            # within the last second is handed out unprobed (no extra round trip per call).
-            check=self._liveness.check,
-            reset=self._liveness.returned,
+            # handed out, so a restart costs no failed call once the server is back. (Probing
+            # only idle connections saves a round trip but lets a just-killed one fail a call.)
+            check=ConnectionPool.check_connection,
             timeout=timeout,
             reconnect_timeout=reconnect_timeout,
             name=f"saga-store-{schema}",
