@@ -81,9 +81,8 @@ def _missing(what: str, var: str) -> None:
             f"{var} (did `bash scripts/services.sh up` fail in .ci/run?)",
             pytrace=False,
         )
-    pytest.skip(
-        f"{what} not available ({var} unset, nothing in .services/env): {_UP}"
-    )  # not under CI=true: failed above
+    reason = f"{what} not available ({var} unset, nothing in .services/env): {_UP}"
+    pytest.skip(reason)  # never under CI=true: that failed above
 
 
 def require_postgres() -> str:
