@@ -34,6 +34,13 @@ STEPS = [
     ),
 ]
 
+# The step logs of a saga whose three steps all succeeded, in order.
+COMPLETED_TRAIL = [
+    ("reserve", "EXECUTE", "SUCCESS"),
+    ("charge", "EXECUTE", "SUCCESS"),
+    ("ship", "EXECUTE", "SUCCESS"),
+]
+
 
 class World:
     def __init__(
@@ -123,11 +130,7 @@ def test_kill_9_in_the_middle_of_a_step(world_factory: Any) -> None:
     assert all(state.status is SagaStatus.COMPLETED for state, _ in results)
     assert_logs_exactly(
         results,
-        [
-            ("reserve", "EXECUTE", "SUCCESS"),
-            ("charge", "EXECUTE", "SUCCESS"),
-            ("ship", "EXECUTE", "SUCCESS"),
-        ],
+        COMPLETED_TRAIL,
     )
     assert_applied_once(world)
     charges = Counter(
@@ -195,11 +198,7 @@ def test_a_frozen_worker_loses_its_sagas_and_its_late_writes_are_fenced(world_fa
     assert all(state.status is SagaStatus.COMPLETED for state, _ in after)
     assert_logs_exactly(
         after,
-        [
-            ("reserve", "EXECUTE", "SUCCESS"),
-            ("charge", "EXECUTE", "SUCCESS"),
-            ("ship", "EXECUTE", "SUCCESS"),
-        ],
+        COMPLETED_TRAIL,
     )
     assert_applied_once(world)
     assert "taken over" in rescuer.log_text()
@@ -218,11 +217,7 @@ def test_several_workers_share_the_sagas_without_running_a_step_twice(
     assert all(state.status is SagaStatus.COMPLETED for state, _ in results)
     assert_logs_exactly(
         results,
-        [
-            ("reserve", "EXECUTE", "SUCCESS"),
-            ("charge", "EXECUTE", "SUCCESS"),
-            ("ship", "EXECUTE", "SUCCESS"),
-        ],
+        COMPLETED_TRAIL,
     )
     calls = Counter(c["metadata"]["idempotency-key"] for c in world.participant.calls())
     assert len(calls) == 1500 and set(calls.values()) == {1}
