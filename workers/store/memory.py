@@ -123,8 +123,10 @@ class MemoryStore(Store):
                     or r.state.correlation_id == filters.correlation_id
                 )
             ]
-        rows.sort(key=lambda s: (s.created_at, s.saga_id), reverse=True)
         start = (page - 1) * page_size
+        if start >= len(rows):  # past the end: nothing to sort
+            return SagaPage((), len(rows), page, page_size)
+        rows.sort(key=lambda s: (s.created_at, s.saga_id), reverse=True)
         return SagaPage(tuple(rows[start : start + page_size]), len(rows), page, page_size)
 
     def request_cancel(self, saga_id: str) -> SagaState | None:

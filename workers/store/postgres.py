@@ -595,8 +595,13 @@ class PostgresStore(Store):
             cur.execute(count_sql, params)
             count_row = cur.fetchone()
             total = int(count_row["n"]) if count_row else 0
-            cur.execute(page_sql, [*params, page_size, (page - 1) * page_size])
-            rows = cur.fetchall()
+            offset = (page - 1) * page_size
+            # A page past the end is empty: answer it from the count, without making the
+            # server walk `offset` rows for nothing.
+            rows = []
+            if offset < total:
+                cur.execute(page_sql, [*params, page_size, offset])
+                rows = cur.fetchall()
         return SagaPage(
             sagas=tuple(_state_from_row(row) for row in rows),
             total_count=total,

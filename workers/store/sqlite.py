@@ -365,10 +365,13 @@ class SqliteStore(Store):
         clause = ("WHERE " + " AND ".join(where)) if where else ""
         conn = self._conn()
         (total,) = conn.execute(f"SELECT COUNT(*) FROM saga_states {clause}", params).fetchone()
+        offset = (page - 1) * page_size
+        if offset >= total:  # past the end: empty, without walking `offset` rows
+            return SagaPage((), total, page, page_size)
         rows = conn.execute(
             f"SELECT {_SAGA_COLUMNS} FROM saga_states {clause} "
             "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
-            [*params, page_size, (page - 1) * page_size],
+            [*params, page_size, offset],
         ).fetchall()
         return SagaPage(tuple(_state(r) for r in rows), total, page, page_size)
 
