@@ -37,6 +37,7 @@ from saga.errors import IllegalEvent
 from saga.events import (
     CallParticipant,
     Commit,
+    CommitRefused,
     Effect,
     Event,
     Resume,
@@ -46,6 +47,9 @@ from saga.events import (
     StepSucceeded,
 )
 from saga.model import (
+    INVALID_RESPONSE,
+    OUTCOME_UNKNOWN_CODES,
+    PERMANENT_FAILURE_CODES,
     Action,
     Backoff,
     Compensation,
@@ -124,6 +128,7 @@ def _on_resume(state: SagaState, wf: Workflow, event: Any) -> Decision:
     assert isinstance(event, Resume)
     at = event.at
     if state.status is SagaStatus.STARTED:
+        # Nothing was called yet: the first call is made only after the RUNNING commit.
         if event.cancel_requested:
             ended = _stamp(state, at, status=SagaStatus.CANCELLED)
             return Decision(ended, (Commit(ended, (), (_event(ended, EventType.SAGA_CANCELLED),)),))
@@ -132,11 +137,21 @@ def _on_resume(state: SagaState, wf: Workflow, event: Any) -> Decision:
         return _call(running, wf, Action.EXECUTE, running.current_step, 1, at, (commit,))
     if state.status is SagaStatus.RUNNING:
         if event.cancel_requested:
-            return _start_compensation(state, wf, at, cancelled=True, cause=None, logs=())
+            # An executor that died (or lost its lease) mid-call may have made the call of the
+            # step at `current_step`; its outcome is unknown, so it is compensated too (SPEC §1).
+            in_doubt = event.lease_expired and state.current_step < len(wf.steps)
+            return _start_compensation(
+                state, wf, at, cancelled=True, cause=None, logs=(), in_doubt=in_doubt
+            )
         if state.current_step >= len(wf.steps):
             return _complete(state, at, logs=())
         return _call(state, wf, Action.EXECUTE, state.current_step, 1, at, ())
-    # COMPENSATING: a stored cancel flag changes nothing any more.
+    # COMPENSATING. A set cancel flag was answered 200 before compensation began (a cancel is
+    # refused once it has): the saga then ends CANCELLED, whatever started the compensation.
+    comp = state.compensation
+    assert comp is not None
+    if event.cancel_requested and not comp.cancelled:
+        state = evolve(state, compensation=evolve(comp, cancelled=True))
     return _compensate_next(state, wf, at, logs=(), events=())
 
 
@@ -159,7 +174,7 @@ def _on_step_failed(state: SagaState, wf: Workflow, event: Any) -> Decision:
     step = wf.steps[flight.step_index]
     policy = step.retry
     retryable = (
-        not event.permanent
+        event.code not in PERMANENT_FAILURE_CODES
         and event.code not in policy.non_retryable_codes
         and flight.attempt < policy.max_attempts
     )
@@ -185,7 +200,12 @@ def _on_step_failed(state: SagaState, wf: Workflow, event: Any) -> Decision:
     if flight.action is Action.EXECUTE:
         cleared = evolve(state, in_flight=None)
         cause = f"step {step.name} failed: {error}"
-        return _start_compensation(cleared, wf, event.at, cancelled=False, cause=cause, logs=(log,))
+        # A last attempt that timed out, or whose reply could not be used, may have taken
+        # effect: the step is compensated with the others (SPEC §3).
+        in_doubt = event.timed_out or event.code in OUTCOME_UNKNOWN_CODES
+        return _start_compensation(
+            cleared, wf, event.at, cancelled=False, cause=cause, logs=(log,), in_doubt=in_doubt
+        )
     popped = _pop_pending(state)
     assert popped.compensation is not None
     failures = (*popped.compensation.failures, f"{step.name} ({error})")
@@ -207,9 +227,39 @@ def _on_retry_due(state: SagaState, wf: Workflow, event: Any) -> Decision:
     )
 
 
+def _on_commit_refused(state: SagaState, wf: Workflow, event: Any) -> Decision:
+    """The store would not keep the last commit; `state` is the last one it did keep.
+
+    What the refused commit recorded is lost, so the saga is failed the safe way: the step it
+    was recording may have taken effect and is compensated (or, for a compensation, counted as
+    failed). A second refusal in a row ends the saga FAILED with nothing more to write.
+    """
+    assert isinstance(event, CommitRefused)
+    at = event.at
+    reason = f"the store refused to keep the saga's data ({event.reason})"
+    comp = state.compensation
+    if event.refusals > 1 or state.status is SagaStatus.STARTED:
+        return _abandon(state, at, reason)
+    if state.status is SagaStatus.RUNNING:
+        if state.current_step < len(wf.steps):
+            step = wf.steps[state.current_step]
+            cause = f"step {step.name} failed: {INVALID_RESPONSE}: {reason}"
+            return _start_compensation(
+                state, wf, at, cancelled=False, cause=cause, logs=(), in_doubt=True
+            )
+        return _start_compensation(state, wf, at, cancelled=False, cause=reason, logs=())
+    assert comp is not None
+    if not comp.pending:
+        return _abandon(state, at, reason)
+    name = wf.steps[comp.pending[0]].name
+    comp = evolve(comp, pending=comp.pending[1:], failures=(*comp.failures, f"{name} ({reason})"))
+    return _compensate_next(evolve(state, compensation=comp), wf, at, logs=(), events=())
+
+
 _Handler = Callable[[SagaState, Workflow, Any], Decision]
 _TRANSITIONS: dict[tuple[str, type], _Handler] = {
     (IDLE, Resume): _on_resume,
+    (IDLE, CommitRefused): _on_commit_refused,
     (CALLING, StepSucceeded): _on_step_succeeded,
     (CALLING, StepFailed): _on_step_failed,
     (WAITING, RetryDue): _on_retry_due,
@@ -226,12 +276,15 @@ def _start_compensation(
     cancelled: bool,
     cause: str | None,
     logs: tuple[StepLog, ...],
+    in_doubt: bool = False,
 ) -> Decision:
-    """Enter COMPENSATING with every completed step pending, newest first."""
+    """Enter COMPENSATING with every completed step pending, newest first; with `in_doubt`,
+    the step at `current_step` too (it may have taken effect)."""
+    done = state.current_step + (1 if in_doubt else 0)
     comp = Compensation(
         cancelled=cancelled,
         cause=cause,
-        pending=tuple(reversed(range(state.current_step))),
+        pending=tuple(reversed(range(done))),
     )
     compensating = _stamp(
         state, at, status=SagaStatus.COMPENSATING, compensation=comp, error_message=cause
@@ -297,7 +350,17 @@ def _finish_compensation(
 
 def _complete(state: SagaState, at: datetime, *, logs: tuple[StepLog, ...]) -> Decision:
     done = _stamp(state, at, status=SagaStatus.COMPLETED, error_message=None, in_flight=None)
-    return Decision(done, (Commit(done, logs, (_event(done, EventType.SAGA_COMPLETED),)),))
+    # Written only if no cancel came since the flag was last read (SPEC §8: a 200 is never lost).
+    commit = Commit(
+        done, logs, (_event(done, EventType.SAGA_COMPLETED),), unless_cancel_requested=True
+    )
+    return Decision(done, (commit,))
+
+
+def _abandon(state: SagaState, at: datetime, reason: str) -> Decision:
+    """End the saga FAILED at once, writing no step log (used when its data cannot be kept)."""
+    failed = _stamp(state, at, status=SagaStatus.FAILED, error_message=reason, in_flight=None)
+    return Decision(failed, (Commit(failed, (), (_event(failed, EventType.SAGA_FAILED),)),))
 
 
 def _call(

@@ -22,12 +22,16 @@ class Resume:
     """The executor holds the saga at a step boundary and wants it to go on.
 
     Sent when an executor claims a saga (first run or recovery) and after every commit.
-    `cancel_requested` is the cancel flag as last read from the store.
+    `cancel_requested` is the cancel flag as last read from the store. `lease_expired` is true
+    when the executor that held the saga before never gave it back at a step boundary (it died,
+    or its lease ran out mid-call): the call of the forward step at `current_step` may then
+    have been made, and its outcome is unknown.
     """
 
     tag: ClassVar[str] = "resume"
     at: datetime
     cancel_requested: bool = False
+    lease_expired: bool = False
 
 
 @frozen
@@ -43,9 +47,11 @@ class StepSucceeded:
 class StepFailed:
     """The in-flight participant call failed.
 
-    `code` is the gRPC status name; `timed_out` is true when the attempt hit its deadline;
-    `permanent` is true for failures no retry can mend (a service missing from the config);
-    `jitter` in [-1, 1] is the random draw used when the policy asks for jitter.
+    Facts only; what they mean for the saga is decided in `saga.decide`. `code` is the gRPC
+    status name, or one the caller reports itself (`saga.model.CALLER_CODES`: the service is not
+    configured, the method name is invalid, the reply could not be used); `timed_out` is true
+    when the attempt hit its deadline; `jitter` in [-1, 1] is the random draw used when the
+    policy asks for jitter.
     """
 
     tag: ClassVar[str] = "step_failed"
@@ -53,7 +59,6 @@ class StepFailed:
     code: str
     message: str
     timed_out: bool = False
-    permanent: bool = False
     jitter: float = 0.0
 
 
@@ -65,20 +70,40 @@ class RetryDue:
     at: datetime
 
 
-Event = Resume | StepSucceeded | StepFailed | RetryDue
-EVENT_TYPES: tuple[type[Event], ...] = (Resume, StepSucceeded, StepFailed, RetryDue)
+@frozen
+class CommitRefused:
+    """The store refused to keep the last commit for its data (not an outage: it is up and said
+    no), so the saga goes on from its last committed state, which is where it is now.
+
+    `reason` is a clean one-line text; `refusals` counts the refusals in a row for this saga.
+    """
+
+    tag: ClassVar[str] = "commit_refused"
+    at: datetime
+    reason: str
+    refusals: int = 1
+
+
+Event = Resume | StepSucceeded | StepFailed | RetryDue | CommitRefused
+EVENT_TYPES: tuple[type[Event], ...] = (Resume, StepSucceeded, StepFailed, RetryDue, CommitRefused)
 
 # ---------------------------------------------------------------- effects (output)
 
 
 @frozen
 class Commit:
-    """Write the state, its step logs and its events in one transaction."""
+    """Write the state, its step logs and its events in one transaction.
+
+    With `unless_cancel_requested`, the store writes nothing when the saga's cancel flag is set
+    at the moment of writing (the flag may have been set after it was last read): a saga about
+    to be COMPLETED goes on to compensate instead, so a cancel answered 200 is never lost.
+    """
 
     tag: ClassVar[str] = "commit"
     state: SagaState
     step_logs: tuple[StepLog, ...] = ()
     events: tuple[SagaEvent, ...] = ()
+    unless_cancel_requested: bool = False
 
 
 @frozen

@@ -30,6 +30,8 @@ class SagaStatus(enum.StrEnum):
 
 TERMINAL_STATUSES = frozenset({SagaStatus.COMPLETED, SagaStatus.FAILED, SagaStatus.CANCELLED})
 ACTIVE_STATUSES = frozenset({SagaStatus.STARTED, SagaStatus.RUNNING, SagaStatus.COMPENSATING})
+# A cancel is taken only before compensation has begun (SPEC §4: else 409).
+CANCELLABLE_STATUSES = frozenset({SagaStatus.STARTED, SagaStatus.RUNNING})
 
 
 class Action(enum.StrEnum):
@@ -78,6 +80,18 @@ GRPC_CODE_NAMES = frozenset(
         "UNAUTHENTICATED",
     }
 )
+
+# Codes the participant caller reports itself: the remote never answered with them.
+SERVICE_NOT_REGISTERED = "SERVICE_NOT_REGISTERED"  # the step's service is not in `services`
+INVALID_METHOD = "INVALID_METHOD"  # the method name cannot be a gRPC path
+INVALID_RESPONSE = "INVALID_RESPONSE"  # a reply came but cannot be used (too large, not JSON)
+CALLER_CODES = frozenset({SERVICE_NOT_REGISTERED, INVALID_METHOD, INVALID_RESPONSE})
+
+# Failures no retry can mend: the same call would fail the same way (SPEC §3).
+PERMANENT_FAILURE_CODES = frozenset({SERVICE_NOT_REGISTERED, INVALID_METHOD, INVALID_RESPONSE})
+# Failures after which the participant may still have done the work: a reply came back, only
+# unusable (a timed-out attempt is the other case; see `saga.decide`).
+OUTCOME_UNKNOWN_CODES = frozenset({INVALID_RESPONSE})
 
 DEFAULT_NON_RETRYABLE_CODES: tuple[str, ...] = (
     "INVALID_ARGUMENT",

@@ -23,7 +23,8 @@ from saga.events import (
     StepFailed,
     StepSucceeded,
 )
-from saga.model import Action, SagaState, Workflow, new_saga
+from saga.invariants import CallMade, SagaRecord
+from saga.model import OUTCOME_UNKNOWN_CODES, Action, EventType, SagaState, Workflow, new_saga
 
 SIM_EPOCH = datetime.fromisoformat("2026-01-01T00:00:00+00:00")
 SIM_SAGA_ID = "00000000-0000-4000-8000-000000000001"
@@ -71,6 +72,43 @@ class Run:
         return tuple(
             e for t in self.turns for e in t.decision.effects if isinstance(e, CallParticipant)
         )
+
+
+def record_of(result: Run, workflow: Workflow, *, cancel_accepted: bool = False) -> SagaRecord:
+    """What `result` shows of its saga, for `saga.invariants.violations`."""
+    calls: list[CallMade] = []
+    pending: CallParticipant | None = None
+    events: list[EventType] = []
+    for turn in result.turns:
+        if pending is not None and isinstance(turn.event, (StepSucceeded, StepFailed)):
+            outcome: Literal["success", "failed", "unknown"] = "success"
+            if isinstance(turn.event, StepFailed):
+                in_doubt = turn.event.timed_out or turn.event.code in OUTCOME_UNKNOWN_CODES
+                outcome = "unknown" if in_doubt else "failed"
+            calls.append(
+                CallMade(
+                    pending.step_index,
+                    pending.action,
+                    pending.attempt,
+                    pending.idempotency_key,
+                    outcome,
+                )
+            )
+            pending = None
+        for effect in turn.decision.effects:
+            if isinstance(effect, CallParticipant):
+                pending = effect
+            elif isinstance(effect, Commit):
+                events.extend(e.event_type for e in effect.events)
+    logs = tuple(log for c in result.commits for log in c.step_logs)
+    return SagaRecord(
+        workflow=workflow,
+        final=result.final,
+        step_logs=logs,
+        calls=tuple(calls),
+        events=tuple(events),
+        cancel_accepted=cancel_accepted,
+    )
 
 
 class DecisionBudgetExceeded(RuntimeError):
