@@ -1,14 +1,32 @@
 """Workflow YAML text to a validated `Workflow`, or a `ValidationError` naming the field.
 
-Safe loader only. Before anything is built, the event stream is checked: anchors, aliases
-(the billion-laughs attack), explicit tags (`!!python/...`) and merge keys are refused, so a
-hostile document costs no more than its own size. Pure: text in, definition or error out.
+Safe loader only (PyYAML's `SafeLoader`: no Python objects are ever built from a tag). The
+document is composed into a node graph first and checked before anything is constructed:
+
+- Anchors, aliases and merge keys (`<<: *defaults`) are ordinary YAML and mean what YAML
+  says. An alias is a reference to an already composed node, so composing costs no more than
+  the text; what a hostile document (the billion laughs) can blow up is the *expanded* tree.
+  Its size is counted on the graph, once per node (memoised), before construction: when the
+  nodes that aliases stand for add up to more than `MAX_ALIAS_NODES`, or an alias refers to a
+  node that contains it, the document is refused, in time linear in its own size.
+- Tags: only the YAML core schema's `!!str`, `!!int`, `!!float`, `!!bool`, `!!null`,
+  `!!seq` and `!!map` (written or, as usual, resolved implicitly), the `!!merge` key `<<`,
+  and `!!timestamp`, which PyYAML's resolver gives a plain date (no field takes a date, so
+  it then fails the field's type check). Any other tag (`!!python/...`, `!!binary`,
+  `!!set`, `!!omap`, `!!pairs`, `!!value`, a local `!tag`, a verbatim `!<...>`) is
+  refused, before anything is constructed.
+- Duplicate keys in one mapping are refused (keys brought in by a merge key are not
+  duplicates: the mapping's own keys win over them, as YAML says).
+
+After construction every string, key or value, is checked for NUL characters and lone
+surrogates (a double-quoted `"\\0"` or `"\\ud800"` escape makes them, and no store can keep
+them), naming the field. Pure: text in, definition or error out.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 import yaml
@@ -22,9 +40,18 @@ MAX_NAME_LENGTH = 255
 MAX_ATTEMPTS_LIMIT = 100
 MAX_TIMEOUT_SECS = 24 * 3600
 MAX_INTERVAL_LIMIT_MS = 24 * 3600 * 1000
+# SPEC §2: the nodes that aliases may stand for, summed over every alias of the expanded tree.
+MAX_ALIAS_NODES = 10_000
 
 METHOD_PATTERN = re.compile(r"[A-Za-z_][\w.]*\.[A-Za-z_]\w*", re.ASCII)
 _SERVICE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*", re.ASCII)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+_CORE = "tag:yaml.org,2002:"
+_ALLOWED_TAGS = frozenset(
+    _CORE + name
+    for name in ("str", "int", "float", "bool", "null", "seq", "map", "merge", "timestamp")
+)
 
 _WORKFLOW_KEYS = frozenset({"name", "steps"})
 _STEP_KEYS = frozenset({"name", "service", "method", "compensate", "timeout_secs", "retry"})
@@ -58,67 +85,142 @@ def parse_workflow(
         raise ValidationError(
             f"workflow_yaml: document is {size} bytes, over the {max_bytes}-byte limit"
         )
-    data = _load(text)
+    data = load_document(text)
     return _workflow(data, max_steps=max_steps, known_services=known_services)
 
 
-def _load(text: str) -> Any:
+def load_document(text: str, *, max_alias_nodes: int = MAX_ALIAS_NODES) -> Any:
+    """One YAML document as plain data (dicts, lists, scalars) under the rules of this module:
+    standard tags only, aliases bounded, no duplicate keys, no NUL or lone surrogate in any
+    string. A `ValidationError` starting with `workflow_yaml:` (or the field's path, for a
+    bad string) otherwise."""
     if "\x00" in text:
         raise ValidationError("workflow_yaml: contains a NUL character")
     try:
-        for ev in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(ev, yaml.AliasEvent):
-                raise ValidationError(f"workflow_yaml: aliases are not allowed ({_where(ev)})")
-            anchor = getattr(ev, "anchor", None)
-            if anchor is not None:
-                raise ValidationError(f"workflow_yaml: anchors are not allowed ({_where(ev)})")
-            tag = getattr(ev, "tag", None)
-            implicit = getattr(ev, "implicit", True)
-            explicit = (
-                tag is not None
-                and tag != "!"
-                and not (implicit is True or (isinstance(implicit, tuple) and implicit[0]))
-            )
-            if isinstance(ev, yaml.CollectionStartEvent) and tag is not None:
-                explicit = True
-            if explicit:
-                raise ValidationError(f"workflow_yaml: tags are not allowed: {tag} ({_where(ev)})")
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
             if node is None:
                 raise ValidationError("workflow_yaml: the document is empty")
-            _check_keys(node)
-            return loader.construct_document(node)
+            _check_graph(node, max_alias_nodes)
+            data = _construct(loader, node)
         finally:
             loader.dispose()
     except yaml.YAMLError as exc:
         raise ValidationError(f"workflow_yaml: not valid YAML: {_yaml_problem(exc)}") from None
     except RecursionError:
         raise ValidationError("workflow_yaml: nested too deeply") from None
+    _check_strings(data)
+    return data
 
 
-def _check_keys(node: yaml.Node) -> None:
-    """Refuse duplicate keys and merge keys anywhere in the document."""
-    stack = [node]
+def _construct(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    """SafeLoader's construction of a checked graph. A scalar that does not fit its explicit
+    tag (`!!bool maybe`, `!!timestamp soon`) makes PyYAML raise plain Python errors: each is
+    the document's fault, so a 400."""
+    try:
+        return loader.construct_document(node)
+    except yaml.YAMLError:
+        raise
+    except ValueError as exc:
+        if "integer string conversion" in str(exc):
+            raise ValidationError("workflow_yaml: a number has too many digits") from None
+        raise ValidationError("workflow_yaml: a value does not fit its type or tag") from None
+    except (KeyError, AttributeError, TypeError, OverflowError):
+        raise ValidationError("workflow_yaml: a value does not fit its type or tag") from None
+
+
+def _children(node: yaml.Node) -> Iterator[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            yield key
+            yield value
+    elif isinstance(node, yaml.SequenceNode):
+        yield from node.value
+
+
+def _check_graph(root: yaml.Node, max_alias_nodes: int) -> None:
+    """Check every distinct node once (tags, duplicate keys) and count the expanded tree.
+
+    Post-order walk with an explicit stack (no recursion, whatever the depth). `expanded`
+    memoises each node's expanded size, so a node reached through a thousand aliases is
+    still counted once; `expanded[root] - distinct nodes` is what the aliases stand for.
+    A node reached again while it is still open is an alias inside its own anchor."""
+    expanded: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
-        current = stack.pop()
-        if isinstance(current, yaml.MappingNode):
-            seen: set[str] = set()
-            for key, value in current.value:
-                if key.tag == "tag:yaml.org,2002:merge":
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            open_nodes.discard(key)
+            expanded[key] = 1 + sum(expanded[id(child)] for child in _children(node))
+            continue
+        if key in expanded:
+            continue
+        if key in open_nodes:
+            raise ValidationError(
+                f"workflow_yaml: an alias refers to a node that contains it ({_where(node)})"
+            )
+        _check_node(node)
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node))
+    added = expanded[id(root)] - len(expanded)
+    if added > max_alias_nodes:
+        raise ValidationError(
+            f"workflow_yaml: aliases expand to {added} more nodes, over the limit of "
+            f"{max_alias_nodes}"
+        )
+
+
+def _check_node(node: yaml.Node) -> None:
+    tag = node.tag
+    if tag not in _ALLOWED_TAGS:
+        shown = "!!" + tag[len(_CORE) :] if tag.startswith(_CORE) else tag
+        raise ValidationError(
+            f"workflow_yaml: tags other than YAML's standard ones are not allowed: {shown} "
+            f"({_where(node)})"
+        )
+    if isinstance(node, yaml.MappingNode):
+        seen: set[tuple[str, Any]] = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                identity = (key.tag, key.value)
+                if identity in seen:
                     raise ValidationError(
-                        f"workflow_yaml: merge keys are not allowed ({_where(key)})"
+                        f"workflow_yaml: duplicate key '{key.value}' ({_where(key)})"
                     )
-                if isinstance(key, yaml.ScalarNode):
-                    if key.value in seen:
-                        raise ValidationError(
-                            f"workflow_yaml: duplicate key '{key.value}' ({_where(key)})"
-                        )
-                    seen.add(key.value)
-                stack.append(value)
-        elif isinstance(current, yaml.SequenceNode):
-            stack.extend(current.value)
+                seen.add(identity)
+
+
+def _check_strings(data: Any) -> None:
+    """Refuse NUL characters and lone surrogates in any string, key or value, naming the
+    field (`steps[0].name: contains a NUL character`). The walk sees the expanded tree,
+    which `_check_graph` has bounded."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            _clean(item, path or "workflow_yaml", "")
+        elif isinstance(item, Mapping):
+            for key, value in item.items():
+                if isinstance(key, str):
+                    _clean(key, path or "workflow_yaml", "a key ")
+                child = f"{path}.{key}" if path else str(key)
+                stack.append((value, child))
+        elif isinstance(item, list):
+            stack.extend((value, f"{path}[{i}]") for i, value in enumerate(item))
+
+
+def _clean(value: str, path: str, what: str) -> None:
+    if "\x00" in value:
+        raise ValidationError(f"{path}: {what}contains a NUL character")
+    if _SURROGATE.search(value):
+        raise ValidationError(
+            f"{path}: {what}contains a lone surrogate (a \\uD800-style escape; write the "
+            "character itself)"
+        )
 
 
 def _where(mark_owner: Any) -> str:
