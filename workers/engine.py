@@ -241,16 +241,17 @@ class Engine:
     def cancel_saga(self, saga_id: Any) -> SagaState:
         """Ask a STARTED or RUNNING saga to stop; the executor compensates at the next boundary."""
         sid = inputs.saga_id(saga_id)
-        state = self.store.request_cancel(sid)
-        if state is None:
+        outcome = self.store.request_cancel(sid)
+        if outcome is None:
             raise NotFound(f"saga not found: {sid}")
-        if state.status not in (SagaStatus.STARTED, SagaStatus.RUNNING):
+        if not outcome.accepted:
             raise Conflict(
-                f"saga {sid} is {state.status.value}; only STARTED or RUNNING sagas can be cancelled"
+                f"saga {sid} is {outcome.state.status.value}; "
+                "only STARTED or RUNNING sagas can be cancelled"
             )
         if self.executor is not None:
             self.executor.wake()
-        return state
+        return outcome.state
 
 
 def _same_definition(a: Workflow, b: Workflow) -> bool:

@@ -972,7 +972,8 @@ def test_commit_reports_cancel_requested_between_commits(
     run.resume()
     assert run.results[-1].cancel_requested is False
     returned = store.request_cancel(saga.saga_id)
-    assert returned is not None and returned.saga_id == saga.saga_id
+    assert returned is not None and returned.accepted
+    assert returned.state.saga_id == saga.saga_id
     run.succeed()
     assert run.results[-1].cancel_requested is True
 
@@ -1011,15 +1012,17 @@ def test_cancel_sets_flag_on_started_and_running(store: Store, wf: Workflow, clo
     assert store.is_cancel_requested(running.saga_id) is False
 
     got = store.request_cancel(started.saga_id)
-    assert got is not None and got.saga_id == started.saga_id
-    assert got.status is SagaStatus.STARTED
+    assert got is not None and got.accepted and got.state.saga_id == started.saga_id
+    assert got.state.status is SagaStatus.STARTED
     assert store.is_cancel_requested(started.saga_id) is True
     assert store.is_cancel_requested(running.saga_id) is False
 
     got = store.request_cancel(running.saga_id)
-    assert got is not None and got.saga_id == running.saga_id
-    assert got.status is SagaStatus.RUNNING
+    assert got is not None and got.accepted and got.state.saga_id == running.saga_id
+    assert got.state.status is SagaStatus.RUNNING
     assert store.is_cancel_requested(running.saga_id) is True
+    again = store.request_cancel(running.saga_id)
+    assert again is not None and again.accepted  # asking twice is still a yes
 
 
 def test_cancel_leaves_other_statuses_alone(store: Store, wf: Workflow, clock: Clock) -> None:
@@ -1033,8 +1036,9 @@ def test_cancel_leaves_other_statuses_alone(store: Store, wf: Workflow, clock: C
     ):
         before = store.get_saga(ids[status])
         got = store.request_cancel(ids[status])
-        assert got == before, status
-        assert got is not None and got.status is status
+        assert got is not None and not got.accepted, status
+        assert got.state == before, status
+        assert got.state.status is status
         assert store.is_cancel_requested(ids[status]) is False, status
         assert store.get_saga(ids[status]) == before
 
@@ -1211,4 +1215,105 @@ def test_data_survives_reopening(durable_factory: StoreFactory, clock: Clock) ->
     assert second.get_step_logs(saga.saga_id) == run.logs
     assert [r.event_id for r in second.claim_outbox("relay", 10, LONG)] == [
         e.event_id for e in run.events
+    ]
+
+
+def test_outbox_a_failed_send_is_retried_before_newer_rows(
+    outbox_store: Store, clock: Clock
+) -> None:
+    """A row this relay claimed but did not publish (its send failed) comes back first, before
+    the saga's newer rows: claim 1 without marking, commit 2, claim again gives 1 then 2."""
+    store = outbox_store
+    wf = _one_step(store)
+    saga = make_saga(store, wf, clock())
+    run = Executor(store, "ex-1", clock).run(wf, saga.saga_id)
+    run.resume()  # SAGA_RUNNING
+    [first] = store.claim_outbox("relay-1", 10, LONG)  # the send fails: not marked
+    run.succeed()  # the step is done: nothing new yet (the saga stops at the boundary)
+    run.resume()  # SAGA_COMPLETED
+    again = store.claim_outbox("relay-1", 10, LONG)
+    assert [r.event_type for r in again] == ["SAGA_RUNNING", "SAGA_COMPLETED"]
+    assert again[0].seq == first.seq
+    assert store.claim_outbox("relay-2", 10, LONG) == []
+
+
+# ---------------------------------------------------------------- cancel against the last commit
+
+
+def _run_to_last_boundary(store: Store, wf: Workflow, clock: Clock) -> Run:
+    saga = make_saga(store, wf, clock())
+    run = Run.claim(store, "ex-1", wf, clock, saga.saga_id)
+    run.resume()
+    for _ in wf.steps:
+        run.succeed()
+        if run.state.current_step < len(wf.steps):
+            run.resume()
+    assert run.state.current_step == len(wf.steps) and run.state.status is SagaStatus.RUNNING
+    return run
+
+
+def test_completed_is_not_written_over_a_cancel(store: Store, wf: Workflow, clock: Clock) -> None:
+    """A cancel accepted after the executor last read the flag stops the COMPLETED commit: it
+    writes nothing and says so, the lease is still held, and the saga can compensate."""
+    run = _run_to_last_boundary(store, wf, clock)
+    saga_id = run.state.saga_id
+    decision = decide(run.state, wf, Resume(clock(), cancel_requested=False))
+    [complete] = decision.effects
+    assert isinstance(complete, Commit) and complete.state.status is SagaStatus.COMPLETED
+    outcome = store.request_cancel(saga_id)
+    assert outcome is not None and outcome.accepted
+    [result] = store.commit("ex-1", [CommitRequest(complete, run.token)], LONG)
+    assert (result.fenced, result.cancel_first, result.cancel_requested) == (False, True, True)
+    assert store.get_saga(saga_id) == run.committed
+    run.resume(cancel=True)
+    assert run.committed.status is SagaStatus.COMPENSATING
+
+
+def test_cancel_after_completed_is_refused(store: Store, wf: Workflow, clock: Clock) -> None:
+    """Once COMPLETED is written, a cancel is not accepted and sets no flag."""
+    run = _run_to_last_boundary(store, wf, clock)
+    run.resume()
+    assert run.committed.status is SagaStatus.COMPLETED
+    outcome = store.request_cancel(run.state.saga_id)
+    assert outcome is not None and not outcome.accepted
+    assert outcome.state.status is SagaStatus.COMPLETED
+    assert store.is_cancel_requested(run.state.saga_id) is False
+
+
+def test_claim_says_whether_the_last_lease_was_given_back(
+    store: Store, wf: Workflow, clock: Clock
+) -> None:
+    """A saga released at a boundary is claimed with lease_expired false; one whose holder
+    never gave it back (died mid-call) with lease_expired true, even for the same owner."""
+    fresh = make_saga(store, wf, clock())
+    first = claim_one(store, "ex-1", fresh.saga_id, SHORT)
+    assert first.lease_expired is False
+    store.release("ex-1", {fresh.saga_id: first.lease_token})
+    again = claim_one(store, "ex-2", fresh.saga_id, SHORT)
+    assert again.lease_expired is False
+    time.sleep(PAST_SHORT)
+    taken = claim_one(store, "ex-3", fresh.saga_id, SHORT)
+    assert (taken.lease_expired, taken.taken_over) == (True, True)
+    time.sleep(PAST_SHORT)
+    own = claim_one(store, "ex-3", fresh.saga_id, LONG)
+    assert (own.lease_expired, own.taken_over) == (True, False)
+
+
+def test_a_replayed_commit_writes_nothing_twice(outbox_store: Store, clock: Clock) -> None:
+    """The same commit written again (its first outcome was lost with the connection) adds no
+    second step log and no second event."""
+    store = outbox_store
+    wf = _one_step(store)
+    saga = make_saga(store, wf, clock())
+    run = Executor(store, "ex-1", clock).run(wf, saga.saga_id)
+    run.resume()
+    run.succeed()
+    for commit in run.commits:  # both written again: the RUNNING one and the step's
+        [again] = store.commit("ex-1", [CommitRequest(commit, run.token)], LONG)
+        assert not again.fenced
+    assert len(store.get_step_logs(saga.saga_id)) == 1
+    run.resume()
+    assert [r.event_type for r in store.claim_outbox("relay-1", 10, LONG)] == [
+        "SAGA_RUNNING",
+        "SAGA_COMPLETED",
     ]

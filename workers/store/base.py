@@ -43,15 +43,41 @@ class SagaPage:
         return self.page * self.page_size < self.total_count
 
 
+class StoreRefused(Exception):
+    """The store is up and refused to keep this data as given (a value it cannot hold, a broken
+    constraint). Any other exception from a store means it could not be reached or answer."""
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """A one-line, printable, short text for a store's refusal (it may quote the bad value)."""
+    first = (str(exc).splitlines() or [""])[0]
+    text = "".join(
+        ch if ch.isprintable() and not 0xD800 <= ord(ch) <= 0xDFFF else "?" for ch in first
+    )
+    return f"{type(exc).__name__}: {text[:200]}".rstrip(": ")
+
+
 @frozen
 class Claimed:
     """A saga an executor now holds: its committed state (always idle), the fencing token,
-    the stored cancel flag, and whether another executor held it before (a take-over)."""
+    the stored cancel flag, whether another executor held it before (a take-over), and whether
+    the lease it held was never given back (`lease_expired`: that executor died or lost the
+    lease with the saga in hand, maybe mid-call; the same executor's own expired lease counts)."""
 
     state: SagaState
     lease_token: int
     cancel_requested: bool
     taken_over: bool
+    lease_expired: bool = False
+
+
+@frozen
+class CancelOutcome:
+    """`accepted`: the cancel flag is set and the saga was STARTED or RUNNING when it was set
+    (so it will end CANCELLED, or FAILED if a compensation fails); else `state` says why not."""
+
+    state: SagaState
+    accepted: bool
 
 
 @frozen
@@ -65,11 +91,14 @@ class CommitRequest:
 @frozen
 class CommitResult:
     """`fenced` is true when the lease was lost and nothing was written.
-    `cancel_requested` is the saga's cancel flag as stored after the write."""
+    `cancel_requested` is the saga's cancel flag as stored after the write.
+    `cancel_first` is true when a commit made `unless_cancel_requested` found the flag set and
+    wrote nothing (the lease is still held)."""
 
     saga_id: str
     fenced: bool
     cancel_requested: bool
+    cancel_first: bool = False
 
 
 @frozen
@@ -125,9 +154,9 @@ class Store(abc.ABC):
         """One page of sagas matching every given filter, newest first (created_at, then id)."""
 
     @abc.abstractmethod
-    def request_cancel(self, saga_id: str) -> SagaState | None:
-        """Set the cancel flag of a STARTED or RUNNING saga and return it. Returns the saga
-        unchanged (flag not set) when it is in another status, None when it does not exist."""
+    def request_cancel(self, saga_id: str) -> CancelOutcome | None:
+        """Set the cancel flag of a saga in `CANCELLABLE_STATUSES`, deciding on the row as it
+        is when the flag is written (not on an older snapshot). None for an unknown saga."""
 
     @abc.abstractmethod
     def is_cancel_requested(self, saga_id: str) -> bool:
@@ -155,7 +184,9 @@ class Store(abc.ABC):
         """Write several sagas' commits in ONE transaction, each fenced by its lease: state,
         step logs and (when the outbox is on) event rows together. A fenced commit writes
         nothing for that saga; the others still commit. A committed non-terminal saga's lease
-        is extended; a terminal one's lease is released. Results are in request order."""
+        is extended; a terminal one's lease is released. Results are in request order.
+        Step log and event ids already stored are skipped (a replayed commit writes nothing
+        twice). Raises `StoreRefused` when the data cannot be kept (nothing is written)."""
 
     # -------------------------------------------------------------- outbox
 

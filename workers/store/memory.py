@@ -1,16 +1,18 @@
 """An in-memory store for tests: the reference behaviour of `workers.store.base.Store`,
-with a lock instead of transactions and the process clock instead of the database clock."""
+with a lock instead of transactions and a clock of its own instead of the database clock
+(`time.monotonic` unless one is given, so a test can move time to expire leases)."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from attrs import evolve
 
-from saga.model import ACTIVE_STATUSES, SagaState, SagaStatus, StepLog, Workflow
+from saga.model import ACTIVE_STATUSES, CANCELLABLE_STATUSES, SagaState, StepLog, Workflow
 from workers.store.base import (
+    CancelOutcome,
     Claimed,
     CommitRequest,
     CommitResult,
@@ -50,8 +52,11 @@ class _Outbox:
 
 
 class MemoryStore(Store):
-    def __init__(self, outbox: bool = False) -> None:
+    def __init__(self, outbox: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
         self._outbox_on = outbox
+        self._clock = clock
+        self._log_ids: set[str] = set()
+        self._event_ids: set[str] = set()
         self._lock = threading.RLock()
         self._workflows: dict[str, list[Workflow]] = {}
         self._sagas: dict[str, _Row] = {}
@@ -129,14 +134,15 @@ class MemoryStore(Store):
         rows.sort(key=lambda s: (s.created_at, s.saga_id), reverse=True)
         return SagaPage(tuple(rows[start : start + page_size]), len(rows), page, page_size)
 
-    def request_cancel(self, saga_id: str) -> SagaState | None:
+    def request_cancel(self, saga_id: str) -> CancelOutcome | None:
         with self._lock:
             row = self._sagas.get(saga_id)
             if row is None:
                 return None
-            if row.state.status in (SagaStatus.STARTED, SagaStatus.RUNNING):
+            accepted = row.state.status in CANCELLABLE_STATUSES
+            if accepted:
                 row.cancel = True
-            return row.state
+            return CancelOutcome(row.state, accepted)
 
     def is_cancel_requested(self, saga_id: str) -> bool:
         with self._lock:
@@ -146,7 +152,7 @@ class MemoryStore(Store):
     # ---------------------------------------------------------------- execution
 
     def claim(self, owner: str, limit: int, lease_secs: float) -> list[Claimed]:
-        now = time.monotonic()
+        now = self._clock()
         out: list[Claimed] = []
         with self._lock:
             candidates = sorted(
@@ -159,12 +165,13 @@ class MemoryStore(Store):
             )
             for row in candidates[:limit]:
                 taken_over = row.owner is not None and row.owner != owner
+                expired = row.owner is not None
                 row.owner, row.token, row.expires = owner, row.token + 1, now + lease_secs
-                out.append(Claimed(row.state, row.token, row.cancel, taken_over))
+                out.append(Claimed(row.state, row.token, row.cancel, taken_over, expired))
         return out
 
     def renew(self, owner: str, leases: dict[str, int], lease_secs: float) -> set[str]:
-        now = time.monotonic()
+        now = self._clock()
         held: set[str] = set()
         with self._lock:
             for saga_id, token in leases.items():
@@ -189,7 +196,7 @@ class MemoryStore(Store):
     def commit(
         self, owner: str, requests: Sequence[CommitRequest], lease_secs: float
     ) -> list[CommitResult]:
-        now = time.monotonic()
+        now = self._clock()
         results: list[CommitResult] = []
         with self._lock:
             for request in requests:
@@ -198,14 +205,23 @@ class MemoryStore(Store):
                 if row is None or row.owner != owner or row.token != request.lease_token:
                     results.append(CommitResult(state.saga_id, True, bool(row and row.cancel)))
                     continue
+                if request.commit.unless_cancel_requested and row.cancel:
+                    results.append(CommitResult(state.saga_id, False, True, cancel_first=True))
+                    continue
                 row.state = state
                 if state.terminal:
                     row.owner, row.expires = None, 0.0
                 else:
                     row.expires = now + lease_secs
-                self._logs[state.saga_id].extend(request.commit.step_logs)
+                for step_log in request.commit.step_logs:
+                    if step_log.id not in self._log_ids:
+                        self._log_ids.add(step_log.id)
+                        self._logs[state.saga_id].append(step_log)
                 if self._outbox_on:
                     for event in request.commit.events:
+                        if event.event_id in self._event_ids:
+                            continue
+                        self._event_ids.add(event.event_id)
                         self._seq += 1
                         body = event_body(event)
                         self._outbox.append(
@@ -229,7 +245,7 @@ class MemoryStore(Store):
         return self._outbox_on
 
     def claim_outbox(self, owner: str, limit: int, lease_secs: float) -> list[OutboxRow]:
-        now = time.monotonic()
+        now = self._clock()
         out: list[OutboxRow] = []
         blocked: set[str] = set()
         with self._lock:

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from attrs import evolve
 from psycopg import Connection
 from psycopg.conninfo import conninfo_to_dict
@@ -44,6 +45,7 @@ from saga.model import (
     Workflow,
 )
 from workers.store.base import (
+    CancelOutcome,
     Claimed,
     CommitRequest,
     CommitResult,
@@ -51,6 +53,8 @@ from workers.store.base import (
     SagaFilter,
     SagaPage,
     Store,
+    StoreRefused,
+    refusal_reason,
 )
 from workers.store.events import event_body
 from workers.store.migrate import (
@@ -62,6 +66,17 @@ from workers.store.migrate import (
 )
 
 log = logging.getLogger(__name__)
+
+# What PostgreSQL (or psycopg, adapting a value) raises for data it will not keep: a NUL or a
+# bad escape in text/JSONB, a broken constraint. Connection errors are not among them.
+_REFUSALS = (
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    psycopg.errors.ProgrammingError,
+    UnicodeError,
+    ValueError,
+    TypeError,
+)
 
 _STATE_COLUMNS = (
     "id, workflow_name, workflow_version, status, current_step, payload, correlation_id,"
@@ -105,15 +120,14 @@ WHERE saga_id = %s
 ORDER BY seq
 """
 
-# One round trip. The SELECT reads the statement's snapshot, i.e. the row before the flag was
-# set; that is the right answer, since the flag is not part of SagaState and nothing else moves.
+# The UPDATE decides on the newest row version (it waits for an executor's commit that holds
+# the row, then re-checks the status), so RETURNING is the saga the flag was set on. When it
+# sets nothing, `_GET_SAGA` (a new statement, a new snapshot) says what the saga is now: a
+# cancel that lost the race to COMPLETED gets its 409, never a 200 with nothing set.
 _REQUEST_CANCEL = f"""
-WITH flagged AS (
-    UPDATE {{schema}}.saga_states SET cancel_requested = TRUE
-    WHERE id = %(id)s AND status IN ({_CANCELLABLE}) AND NOT cancel_requested
-    RETURNING id
-)
-SELECT {_STATE_COLUMNS} FROM {{schema}}.saga_states WHERE id = %(id)s
+UPDATE {{schema}}.saga_states SET cancel_requested = TRUE
+WHERE id = %(id)s AND status IN ({_CANCELLABLE})
+RETURNING {_STATE_COLUMNS}
 """
 
 _IS_CANCEL_REQUESTED = "SELECT cancel_requested FROM {schema}.saga_states WHERE id = %s"
@@ -183,8 +197,9 @@ WITH v AS (
     SELECT * FROM unnest(
         %(ids)s::uuid[], %(tokens)s::bigint[], %(statuses)s::text[], %(steps)s::int[],
         %(errors)s::text[], %(updated)s::timestamptz[], %(compensations)s::jsonb[],
-        %(terminal)s::boolean[]
-    ) AS v(id, token, status, current_step, error_message, updated_at, compensation, terminal)
+        %(terminal)s::boolean[], %(guards)s::boolean[]
+    ) AS v(id, token, status, current_step, error_message, updated_at, compensation, terminal,
+           guard)
 ),
 {_HELD},
 written AS (
@@ -198,7 +213,7 @@ written AS (
         lease_expires_at = CASE WHEN v.terminal THEN NULL
                                 ELSE now() + make_interval(secs => %(lease_secs)s) END
     FROM v JOIN held ON held.id = v.id
-    WHERE s.id = v.id
+    WHERE s.id = v.id AND NOT (v.guard AND s.cancel_requested)
     RETURNING s.id, s.cancel_requested
 ),
 logs AS (
@@ -232,9 +247,11 @@ events AS (
 )
 SELECT v.id,
        written.id IS NOT NULL AS written,
+       held.id IS NOT NULL AS held,
        COALESCE(written.cancel_requested, s.cancel_requested, FALSE) AS cancel_requested
 FROM v
 LEFT JOIN written ON written.id = v.id
+LEFT JOIN held ON held.id = v.id
 LEFT JOIN {{schema}}.saga_states AS s ON s.id = v.id
 """
 
@@ -260,14 +277,16 @@ SELECT DISTINCT ON (name) name, version, definition FROM {schema}.workflow_defin
 ORDER BY name, version DESC
 """
 
-# A row is handed out only when every older unpublished row of its saga is in this same claim or
-# already held (live) by this owner: a row held by another relay, or locked right now by a
-# concurrent claim (so not in `candidate`), holds back the newer rows of its saga.
+# A row is handed out only when every older unpublished row of its saga is in this same claim:
+# a row held by another relay, or locked right now by a concurrent claim (so not in
+# `candidate`), holds back the newer rows of its saga. Rows this relay still holds are
+# candidates again (a send that failed is retried first, in order, not after its claim ends).
 _CLAIM_OUTBOX = """
 WITH candidate AS (
     SELECT seq, saga_id FROM {schema}.outbox
     WHERE published_at IS NULL
-      AND (claim_expires_at IS NULL OR claim_expires_at < now())
+      AND (claim_expires_at IS NULL OR claim_expires_at < now()
+           OR claimed_by = %(owner)s)
     ORDER BY seq
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -280,8 +299,6 @@ ready AS (
           AND older.published_at IS NULL
           AND older.seq < c.seq
           AND older.seq NOT IN (SELECT seq FROM candidate)
-          AND NOT (older.claimed_by IS NOT DISTINCT FROM %(owner)s
-                   AND older.claim_expires_at >= now())
     )
 )
 UPDATE {schema}.outbox AS o
@@ -609,12 +626,15 @@ class PostgresStore(Store):
             page_size=page_size,
         )
 
-    def request_cancel(self, saga_id: str) -> SagaState | None:
+    def request_cancel(self, saga_id: str) -> CancelOutcome | None:
         sid = _uuid(saga_id)
         if sid is None:
             return None
         rows = self._rows(self._request_cancel, {"id": sid})
-        return _state_from_row(rows[0]) if rows else None
+        if rows:
+            return CancelOutcome(_state_from_row(rows[0]), True)
+        rows = self._rows(self._get_saga, (sid,))
+        return CancelOutcome(_state_from_row(rows[0]), False) if rows else None
 
     def is_cancel_requested(self, saga_id: str) -> bool:
         sid = _uuid(saga_id)
@@ -637,6 +657,7 @@ class PostgresStore(Store):
                 lease_token=int(row["lease_token"]),
                 cancel_requested=bool(row["cancel_requested"]),
                 taken_over=row["prev_owner"] is not None and row["prev_owner"] != owner,
+                lease_expired=row["prev_owner"] is not None,
             )
             for row in rows
         ]
@@ -686,24 +707,28 @@ class PostgresStore(Store):
                 rounds.append([])
             rounds[n].append(index)
 
-        outcome: dict[int, tuple[bool, bool]] = {}
-        with self._pool.connection() as conn:
-            if len(rounds) == 1:
-                outcome.update(self._commit_round(conn, owner, requests, rounds[0], lease_secs))
-            else:
-                with conn.transaction():
-                    for indexes in rounds:
-                        outcome.update(
-                            self._commit_round(conn, owner, requests, indexes, lease_secs)
-                        )
+        outcome: dict[int, tuple[bool, bool, bool]] = {}
+        try:
+            with self._pool.connection() as conn:
+                if len(rounds) == 1:
+                    outcome.update(self._commit_round(conn, owner, requests, rounds[0], lease_secs))
+                else:
+                    with conn.transaction():
+                        for indexes in rounds:
+                            outcome.update(
+                                self._commit_round(conn, owner, requests, indexes, lease_secs)
+                            )
+        except _REFUSALS as exc:
+            raise StoreRefused(refusal_reason(exc)) from exc
         results: list[CommitResult] = []
         for index, request in enumerate(requests):
-            written, cancel_requested = outcome.get(index, (False, False))
+            written, held, cancel_requested = outcome.get(index, (False, False, False))
             results.append(
                 CommitResult(
                     saga_id=request.commit.state.saga_id,
-                    fenced=not written,
+                    fenced=not held,
                     cancel_requested=cancel_requested,
+                    cancel_first=held and not written,
                 )
             )
         return results
@@ -715,18 +740,22 @@ class PostgresStore(Store):
         requests: Sequence[CommitRequest],
         indexes: list[int],
         lease_secs: float,
-    ) -> dict[int, tuple[bool, bool]]:
+    ) -> dict[int, tuple[bool, bool, bool]]:
         params = self._commit_params(owner, [requests[i] for i in indexes], lease_secs)
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(self._commit, params)
             by_id = {
-                str(row["id"]): (bool(row["written"]), bool(row["cancel_requested"]))
+                str(row["id"]): (
+                    bool(row["written"]),
+                    bool(row["held"]),
+                    bool(row["cancel_requested"]),
+                )
                 for row in cur.fetchall()
             }
-        outcome: dict[int, tuple[bool, bool]] = {}
+        outcome: dict[int, tuple[bool, bool, bool]] = {}
         for i in indexes:
             sid = _uuid(requests[i].commit.state.saga_id)
-            outcome[i] = by_id.get(str(sid), (False, False))
+            outcome[i] = by_id.get(str(sid), (False, False, False))
         return outcome
 
     def _commit_params(
@@ -743,6 +772,7 @@ class PostgresStore(Store):
             "updated": [],
             "compensations": [],
             "terminal": [],
+            "guards": [],
             "log_ids": [],
             "log_saga_ids": [],
             "log_steps": [],
@@ -774,6 +804,7 @@ class PostgresStore(Store):
             p["updated"].append(state.updated_at)
             p["compensations"].append(_jsonb(compensation_to_dict(state.compensation)))
             p["terminal"].append(status.terminal)
+            p["guards"].append(request.commit.unless_cancel_requested)
             for step_log in request.commit.step_logs:
                 p["log_ids"].append(uuid.UUID(step_log.id))
                 p["log_saga_ids"].append(sid)

@@ -24,6 +24,7 @@ from saga.codec import (
 )
 from saga.model import Action, SagaState, SagaStatus, StepLog, StepStatus, Workflow
 from workers.store.base import (
+    CancelOutcome,
     Claimed,
     CommitRequest,
     CommitResult,
@@ -31,8 +32,22 @@ from workers.store.base import (
     SagaFilter,
     SagaPage,
     Store,
+    StoreRefused,
+    refusal_reason,
 )
 from workers.store.events import event_body
+
+# What SQLite (or the binding of a value) raises for data it will not keep; the rest
+# (OperationalError: locked, I/O) means it could not answer.
+_REFUSALS = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    UnicodeError,
+    ValueError,
+    TypeError,
+    OverflowError,
+)
 
 _ACTIVE = ("STARTED", "RUNNING", "COMPENSATING")
 
@@ -375,17 +390,20 @@ class SqliteStore(Store):
         ).fetchall()
         return SagaPage(tuple(_state(r) for r in rows), total, page, page_size)
 
-    def request_cancel(self, saga_id: str) -> SagaState | None:
+    def request_cancel(self, saga_id: str) -> CancelOutcome | None:
         with self._write() as conn:
-            conn.execute(
+            row = conn.execute(
                 "UPDATE saga_states SET cancel_requested = 1 "
-                "WHERE id = ? AND status IN ('STARTED', 'RUNNING')",
+                "WHERE id = ? AND status IN ('STARTED', 'RUNNING') "
+                f"RETURNING {_SAGA_COLUMNS}",
                 (saga_id,),
-            )
+            ).fetchone()
+            if row is not None:
+                return CancelOutcome(_state(row), True)
             row = conn.execute(
                 f"SELECT {_SAGA_COLUMNS} FROM saga_states WHERE id = ?", (saga_id,)
             ).fetchone()
-        return None if row is None else _state(row)
+        return None if row is None else CancelOutcome(_state(row), False)
 
     def is_cancel_requested(self, saga_id: str) -> bool:
         row = (
@@ -400,20 +418,22 @@ class SqliteStore(Store):
     def claim(self, owner: str, limit: int, lease_secs: float) -> list[Claimed]:
         if limit <= 0:
             return []
-        now = time.time()
         # A read first: an idle poll must not take the database write lock.
         waiting = (
             self._conn()
             .execute(
                 "SELECT 1 FROM saga_states WHERE status IN ('STARTED','RUNNING','COMPENSATING') "
                 "AND (lease_expires_at IS NULL OR lease_expires_at < ?) LIMIT 1",
-                (now,),
+                (time.time(),),
             )
             .fetchone()
         )
         if waiting is None:
             return []
         with self._write() as conn:
+            # The clock is read once the write lock is held: a lease taken after a wait for
+            # the lock must not be born already (partly) expired.
+            now = time.time()
             rows = conn.execute(
                 f"SELECT {_SAGA_COLUMNS}, cancel_requested, lease_owner, lease_token FROM saga_states "
                 "WHERE status IN ('STARTED','RUNNING','COMPENSATING') "
@@ -427,7 +447,13 @@ class SqliteStore(Store):
                 [(owner, now + lease_secs, r[0]) for r in rows],
             )
         return [
-            Claimed(_state(r), r[14] + 1, bool(r[12]), r[13] is not None and r[13] != owner)
+            Claimed(
+                _state(r),
+                r[14] + 1,
+                bool(r[12]),
+                r[13] is not None and r[13] != owner,
+                r[13] is not None,
+            )
             for r in rows
         ]
 
@@ -460,6 +486,14 @@ class SqliteStore(Store):
     def commit(
         self, owner: str, requests: Sequence[CommitRequest], lease_secs: float
     ) -> list[CommitResult]:
+        try:
+            return self._commit(owner, requests, lease_secs)
+        except _REFUSALS as exc:
+            raise StoreRefused(refusal_reason(exc)) from exc
+
+    def _commit(
+        self, owner: str, requests: Sequence[CommitRequest], lease_secs: float
+    ) -> list[CommitResult]:
         results: list[CommitResult] = []
         with self._write() as conn:
             expires = time.time() + lease_secs
@@ -469,10 +503,12 @@ class SqliteStore(Store):
             for request in requests:
                 state = request.commit.state
                 terminal = state.terminal
+                guard = 1 if request.commit.unless_cancel_requested else 0
                 row = conn.execute(
                     "UPDATE saga_states SET status = ?, current_step = ?, error_message = ?, "
                     "updated_at = ?, compensation = ?, lease_owner = ?, lease_expires_at = ? "
-                    "WHERE id = ? AND lease_owner = ? AND lease_token = ? RETURNING cancel_requested",
+                    "WHERE id = ? AND lease_owner = ? AND lease_token = ? "
+                    "AND NOT (? AND cancel_requested) RETURNING cancel_requested",
                     (
                         state.status.value,
                         state.current_step,
@@ -484,13 +520,24 @@ class SqliteStore(Store):
                         state.saga_id,
                         owner,
                         request.lease_token,
+                        guard,
                     ),
                 ).fetchone()
                 if row is None:
                     flag = conn.execute(
-                        "SELECT cancel_requested FROM saga_states WHERE id = ?", (state.saga_id,)
+                        "SELECT cancel_requested, lease_owner = ? AND lease_token = ? "
+                        "FROM saga_states WHERE id = ?",
+                        (owner, request.lease_token, state.saga_id),
                     ).fetchone()
-                    results.append(CommitResult(state.saga_id, True, bool(flag and flag[0])))
+                    held = bool(flag and flag[1])
+                    results.append(
+                        CommitResult(
+                            state.saga_id,
+                            not held,
+                            bool(flag and flag[0]),
+                            cancel_first=held,
+                        )
+                    )
                     continue
                 results.append(CommitResult(state.saga_id, False, bool(row[0])))
                 logs.extend(
