@@ -38,6 +38,26 @@ CALLER_CLOSED = "CANCELLED"
 # ASCII only: gRPC paths travel in HTTP/2 headers.
 _METHOD_PATTERN = re.compile(r"[A-Za-z_][\w.]*\.[A-Za-z_]\w*", re.ASCII)
 
+# SPEC §3: a participant's status detail is stored without NUL and at most this long.
+MAX_DETAIL_CHARS = 1024
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# gRPC's own text for a failed transport names resolved addresses (`ipv4:10.0.0.5:50051`);
+# these phrases are how it says the connection, not the participant, failed.
+_ADDRESS = re.compile(r"\b(?:ipv4|ipv6|unix|unix-abstract|vsock):[^\s,;]+", re.IGNORECASE)
+_TRANSPORT_PHRASES = (
+    "failed to connect to all addresses",
+    "dns resolution failed",
+    "empty address list",
+    "connection refused",
+    "connection reset",
+    "connections to all backends failing",
+    "socket closed",
+    "broken pipe",
+    "endpoint closing",
+    "goaway",
+    "keepalive watchdog timeout",
+)
+
 
 def method_is_valid(method: str) -> bool:
     """Tell whether ``method`` is a ``Service.Method`` or ``pkg.Service.Method`` name."""
@@ -62,6 +82,31 @@ class CallResult:
     message: str
     duration_ms: float
     size: int = 0  # bytes of the reply body
+
+
+def participant_detail(text: str) -> str:
+    """A status detail as it may be stored and shown: NUL and lone surrogates replaced by
+    U+FFFD, cut to `MAX_DETAIL_CHARS` characters (the last one an ellipsis when cut)."""
+    cleaned = _UNSTORABLE.sub("\ufffd", text)
+    if len(cleaned) > MAX_DETAIL_CHARS:
+        cleaned = cleaned[: MAX_DETAIL_CHARS - 1] + "\u2026"
+    return cleaned
+
+
+def _failure_detail(service: str, endpoint: str, code: str, details: str) -> str:
+    """The stored text of a failed call: gRPC's own words for a transport failure become one
+    line naming the service (never its address); a participant's own detail is kept, cleaned."""
+    lowered = details.lower()
+    transport = (
+        endpoint in details
+        or _ADDRESS.search(details) is not None
+        or any(phrase in lowered for phrase in _TRANSPORT_PHRASES)
+    )
+    if code == "UNAVAILABLE" and transport:
+        return f"participant unavailable ({service})"
+    if transport:  # another code, in gRPC's words: keep them, without the addresses
+        details = _ADDRESS.sub(service, details.replace(endpoint, service))
+    return participant_detail(details)
 
 
 def _reject_constant(name: str) -> Any:
@@ -206,14 +251,18 @@ class ParticipantCaller:
                 code = exc.code() if isinstance(exc, grpc.Call) else None
                 name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
                 details = exc.details() if isinstance(exc, grpc.Call) else None
-                done(failed(name, details or str(exc)))
+                done(failed(name, _failure_detail(service, endpoint, name, details or str(exc))))
                 return
             except grpc.FutureCancelledError:
                 done(failed(CALLER_CLOSED, "call cancelled"))
                 return
             reply = _parse_reply(body)
             if isinstance(reply, str):
-                done(failed(INVALID_RESPONSE, f"{reply} (from {service} {method})"))
+                done(
+                    failed(
+                        INVALID_RESPONSE, participant_detail(f"{reply} (from {service} {method})")
+                    )
+                )
                 return
             elapsed = (time.perf_counter() - started) * 1000.0
             done(CallResult(True, reply, None, "", elapsed, len(body)))
