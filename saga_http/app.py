@@ -186,9 +186,10 @@ class _Api:
         return reply({"status": "ok"})
 
     def readyz(self) -> Response:
-        if self.engine.ready():
+        reason = self.engine.not_ready_reason()
+        if reason is None:
             return reply({"status": "ready"})
-        return reply({"status": "not ready", "reason": "the saga store does not answer"}, 503)
+        return reply({"status": "not ready", "reason": reason}, 503)
 
     def metrics(self) -> Response:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

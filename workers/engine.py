@@ -129,11 +129,19 @@ class Engine:
         return loaded
 
     def ready(self) -> bool:
+        """The store answers, and (when this process executes) every executor loop runs."""
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why this process cannot do its work now, or None when it can."""
         try:
             self.store.ping()
         except Exception:
-            return False
-        return True
+            return "the saga store does not answer"
+        if self.executor is not None and not self.executor.healthy():
+            down = ", ".join(sorted(self.executor.down())) or "stopped"
+            return f"the saga executor is not running ({down})"
+        return None
 
     # ---------------------------------------------------------------- workflows
 

@@ -12,6 +12,12 @@ It owns the I/O of saga execution and none of its rules. Per process:
 A saga is only ever touched by one thread at a time: each event is handled by whoever
 produced it (gRPC callback, timer, committer, claimer), and the next event of a saga only
 exists after the previous one's effects were handed on.
+
+Each thread's work is one public method that does one round (`claim_once`, `commit_once`,
+`fire_due_timers`, `renew_once`); the threads only loop over them. With the clock, the
+monotonic clock, the store and the participant caller passed in, a test drives the real
+executor from one thread in any order it likes (tests/fault). A loop that dies on an error
+nobody expected is restarted, and `healthy()` says so meanwhile (`/readyz`).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from saga.decide import ENDED, IDLE, decide, phase
 from saga.events import (
     CallParticipant,
     Commit,
+    CommitRefused,
     Effect,
     Event,
     Resume,
@@ -40,19 +47,25 @@ from saga.events import (
     StepFailed,
     StepSucceeded,
 )
-from saga.model import SagaState, StepStatus, Workflow
+from saga.model import INVALID_RESPONSE, SagaState, SagaStatus, StepStatus, Workflow
 from workers import metrics
-from workers.participant import (
-    INVALID_METHOD,
-    SERVICE_NOT_REGISTERED,
-    CallResult,
-    ParticipantCaller,
+from workers.participant import CallResult, ParticipantCaller
+from workers.store.base import (
+    Claimed,
+    CommitRequest,
+    CommitResult,
+    Store,
+    StoreRefused,
+    refusal_reason,
 )
-from workers.store.base import Claimed, CommitRequest, CommitResult, Store
 
 log = logging.getLogger("saga.executor")
 
-_PERMANENT_CODES = frozenset({SERVICE_NOT_REGISTERED, INVALID_METHOD})
+# A saga whose commits the store refuses this many times in a row is left to its lease (the
+# core already turns the first refusals into a FAILED end that writes almost nothing).
+_MAX_REFUSALS = 3
+# A retry whose lease could not be checked (the store did not answer) is tried again this soon.
+_RETRY_CHECK_AGAIN_SECS = 1.0
 
 
 def utc_now() -> datetime:
@@ -80,17 +93,41 @@ class WorkflowCatalog:
 
 
 class _Run:
-    """One saga this executor holds."""
+    """One saga this executor holds: its state as decided, its state as last committed, and
+    the lease it holds it by."""
 
-    __slots__ = ("state", "workflow", "token", "body", "cancel", "call_started")
+    __slots__ = (
+        "state",
+        "committed",
+        "workflow",
+        "token",
+        "cancel",
+        "call_started",
+        "refusals",
+        "_body_of",
+        "_body",
+    )
 
     def __init__(self, claimed: Claimed, workflow: Workflow) -> None:
         self.state: SagaState = claimed.state
+        self.committed: SagaState = claimed.state
         self.workflow = workflow
         self.token = claimed.lease_token
         self.cancel = claimed.cancel_requested
-        self.body = json.dumps(dict(claimed.state.payload), separators=(",", ":")).encode()
         self.call_started = 0.0
+        self.refusals = 0
+        self._body_of: object = None
+        self._body = b""
+
+    def body(self, call: CallParticipant) -> bytes:
+        """The request bytes of `call`: its payload as compact JSON, made once per payload."""
+        if call.payload is not self._body_of:
+            self._body = json.dumps(dict(call.payload), separators=(",", ":")).encode()
+            self._body_of = call.payload
+        return self._body
+
+
+_Pending = tuple[_Run, Commit, tuple[Effect, ...], int]
 
 
 class Executor:
@@ -109,6 +146,7 @@ class Executor:
         commit_batch: int = 512,
         response_limit_bytes: int = 1024 * 1024,
         clock: Callable[[], datetime] = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = lambda: random.uniform(-1.0, 1.0),
     ) -> None:
         self.owner = owner or f"executor-{uuid.uuid4()}"
@@ -121,11 +159,13 @@ class Executor:
         self._batch = commit_batch
         self._response_limit = response_limit_bytes
         self._clock = clock
+        self._monotonic = monotonic
         self._jitter = jitter
 
         self._runs: dict[str, _Run] = {}
         self._runs_lock = threading.Lock()
-        self._commits: deque[tuple[_Run, Commit, tuple[Effect, ...], int]] = deque()
+        self._claim_lock = threading.Lock()
+        self._commits: deque[_Pending] = deque()
         self._commit_cv = threading.Condition()
         self._timers: list[tuple[float, int, _Run]] = []
         self._timer_cv = threading.Condition()
@@ -134,19 +174,23 @@ class Executor:
         self._stopping = threading.Event()
         self._draining = False
         self._threads: list[threading.Thread] = []
+        self._down: dict[str, str] = {}
         self._first_claim = True
         self.recovered = 0
 
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
-        for name, target in (
+        metrics.EXECUTOR_HEALTHY.set(1)
+        for name, loop in (
             ("claimer", self._claim_loop),
             ("committer", self._commit_loop),
             ("timer", self._timer_loop),
             ("renewer", self._renew_loop),
         ):
-            thread = threading.Thread(target=target, name=f"saga-{name}", daemon=True)
+            thread = threading.Thread(
+                target=self._supervise, args=(name, loop), name=f"saga-{name}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
 
@@ -157,11 +201,25 @@ class Executor:
     def held(self) -> int:
         return len(self._runs)
 
+    def healthy(self) -> bool:
+        """Every loop is running (none died and is waiting to be restarted, none is gone)."""
+        if self._stopping.is_set() or not self._threads:
+            return False
+        return not self._down and all(t.is_alive() for t in self._threads)
+
+    def down(self) -> dict[str, str]:
+        """The loops that died and are waiting to be restarted, with the error that killed them."""
+        return dict(self._down)
+
     def stop(self, grace_secs: float = 10.0) -> None:
         """Stop claiming, let calls in flight finish and commit (up to `grace_secs`), then give
         back the leases of every saga still held so another executor takes them at once."""
         self._draining = True
         self._wake.set()
+        # A claim in flight finishes (and its sagas are adopted) before the leases are counted,
+        # so none stays leased to an executor that is gone.
+        with self._claim_lock:
+            pass
         deadline = time.monotonic() + grace_secs
         while time.monotonic() < deadline:
             with self._runs_lock:
@@ -191,6 +249,83 @@ class Executor:
             thread.join(timeout=5)
         metrics.IN_FLIGHT.set(0)
 
+    # ---------------------------------------------------------------- one round of each loop
+
+    def claim_once(self) -> tuple[int, int]:
+        """Claim up to the free capacity and start the sagas claimed: (claimed, asked for).
+        Raises when the store cannot answer."""
+        with self._claim_lock:
+            if self._draining:
+                return 0, 0
+            want = min(self._max - len(self._runs), 256)
+            if want <= 0:
+                return 0, 0
+            claimed = self._store.claim(self.owner, want, self._lease)
+            self._adopt(claimed)
+            return len(claimed), want
+
+    def commit_once(self) -> str:
+        """Write one batch of queued commits: "idle" (none queued), "committed", or
+        "unavailable" (the store did not answer; the commits stay queued, in order)."""
+        with self._commit_cv:
+            if not self._commits:
+                return "idle"
+            batch = [self._commits.popleft() for _ in range(min(self._batch, len(self._commits)))]
+        requests = [CommitRequest(commit, run.token) for run, commit, _, _ in batch]
+        try:
+            results = self._store.commit(self.owner, requests, self._lease)
+        except StoreRefused:
+            return self._commit_one_by_one(batch)
+        except Exception as exc:
+            self._requeue(batch, exc)
+            return "unavailable"
+        metrics.COMMIT_BATCH.observe(len(batch))
+        for item, result in zip(batch, results, strict=True):
+            self._after_commit(item, result)
+        return "committed"
+
+    def fire_due_timers(self) -> int:
+        """Send `RetryDue` to every saga whose retry delay has passed; return how many."""
+        fired = 0
+        while True:
+            with self._timer_cv:
+                if not self._timers or self._timers[0][0] > self._monotonic():
+                    return fired
+                _, _, run = heapq.heappop(self._timers)
+            if self._is_held(run) and self._still_leased(run):
+                fired += 1
+                self._advance(run, RetryDue(at=self._clock()))
+
+    def next_timer_due(self) -> float | None:
+        """The monotonic time of the next retry, or None."""
+        with self._timer_cv:
+            return self._timers[0][0] if self._timers else None
+
+    def pending_commits(self) -> int:
+        with self._commit_cv:
+            return len(self._commits)
+
+    def renew_once(self) -> None:
+        """Extend the leases held; drop the sagas whose lease turns out to be gone."""
+        with self._runs_lock:
+            leases = {saga_id: run.token for saga_id, run in self._runs.items()}
+        if not leases:
+            return
+        held = self._store.renew(self.owner, leases, self._lease)
+        with self._runs_lock:
+            # A saga that ended while the renewal ran released its lease: not a loss.
+            lost = [
+                self._runs[i]
+                for i in leases
+                if i not in held and i in self._runs and self._runs[i].token == leases[i]
+            ]
+        if lost:
+            log.warning("%d leases no longer held; dropping those sagas here", len(lost))
+            for run in lost:
+                if not run.state.terminal:
+                    metrics.LEASES_LOST.inc()
+                self._forget(run, release=False)
+
     # ---------------------------------------------------------------- driving one saga
 
     def _advance(self, run: _Run, event: Event) -> None:
@@ -218,7 +353,7 @@ class Executor:
                     run.workflow.steps[effect.step_index].name, effect.action.value
                 ).inc()
                 with self._timer_cv:
-                    due = time.monotonic() + effect.delay_ms / 1000.0
+                    due = self._monotonic() + effect.delay_ms / 1000.0
                     heapq.heappush(self._timers, (due, next(self._timer_seq), run))
                     self._timer_cv.notify()
 
@@ -229,7 +364,7 @@ class Executor:
         self._caller.call_async(
             call.service,
             call.method,
-            run.body,
+            run.body(call),
             call.timeout_secs,
             call.metadata,
             lambda result: self._on_result(run, call, result),
@@ -237,42 +372,47 @@ class Executor:
 
     def _on_result(self, run: _Run, call: CallParticipant, result: CallResult) -> None:
         try:
-            now = self._clock()
-            event: Event
-            if result.ok:
-                size = result.size
-                if size > self._response_limit:
-                    event = StepFailed(
-                        at=now,
-                        code="RESOURCE_EXHAUSTED",
-                        message=f"participant reply is {size} bytes, over the {self._response_limit}-byte limit",
-                        permanent=True,
-                    )
-                else:
-                    event = StepSucceeded(at=now, response=result.response)
-            else:
-                # A reply over the receive cap is cut off by the transport: it would be just as
-                # large on a retry, so it fails at once (a participant's own RESOURCE_EXHAUSTED,
-                # such as a rate limit, is still retried).
-                too_large = (
-                    result.code == "RESOURCE_EXHAUSTED" and "larger than max" in result.message
-                )
-                event = StepFailed(
-                    at=now,
-                    code=result.code or "UNKNOWN",
-                    message=result.message,
-                    timed_out=result.code == "DEADLINE_EXCEEDED",
-                    permanent=result.code in _PERMANENT_CODES or too_large,
-                    jitter=self._jitter(),
-                )
-            self._advance(run, event)
+            self._advance(run, self._outcome(result))
         except Exception:
             log.exception("saga %s: handling a participant reply failed", run.state.saga_id)
             self._forget(run, release=True)
 
-    def _committed(
-        self, item: tuple[_Run, Commit, tuple[Effect, ...], int], result: CommitResult
-    ) -> None:
+    def _outcome(self, result: CallResult) -> Event:
+        """The facts of one attempt, as the event `decide` takes."""
+        now = self._clock()
+        if result.ok:
+            if result.size > self._response_limit:
+                return StepFailed(
+                    at=now,
+                    code=INVALID_RESPONSE,
+                    message=f"participant reply is {result.size} bytes, over the "
+                    f"{self._response_limit}-byte limit (RESOURCE_EXHAUSTED)",
+                )
+            return StepSucceeded(at=now, response=result.response)
+        code = result.code or "UNKNOWN"
+        message = result.message
+        if code == "RESOURCE_EXHAUSTED" and "larger than max" in message:
+            # A reply over the receive cap, cut off by the transport: a reply came, unusable.
+            code, message = (
+                INVALID_RESPONSE,
+                f"participant reply too large (RESOURCE_EXHAUSTED: {message})",
+            )
+        return StepFailed(
+            at=now,
+            code=code,
+            message=message,
+            timed_out=code == "DEADLINE_EXCEEDED",
+            jitter=self._jitter(),
+        )
+
+    def _after_commit(self, item: _Pending, result: CommitResult) -> None:
+        try:
+            self._committed(item, result)
+        except Exception:
+            log.exception("saga %s: after-commit step failed", item[0].state.saga_id)
+            self._forget(item[0], release=True)
+
+    def _committed(self, item: _Pending, result: CommitResult) -> None:
         run, commit, effects, next_index = item
         if result.fenced:
             metrics.LEASES_LOST.inc()
@@ -281,7 +421,15 @@ class Executor:
             )
             self._forget(run, release=False)
             return
+        run.refusals = 0
         run.cancel = result.cancel_requested
+        if result.cancel_first:
+            # A cancel came after the flag was last read: nothing was written; go on from the
+            # committed state with the cancel seen (the saga compensates instead of completing).
+            run.state = run.committed
+            self._advance(run, Resume(at=self._clock(), cancel_requested=True))
+            return
+        run.committed = commit.state
         for step_log in commit.step_logs:
             if step_log.status is not StepStatus.SKIPPED:
                 metrics.STEP_DURATION.labels(
@@ -305,6 +453,76 @@ class Executor:
                     run, Resume(at=self._clock(), cancel_requested=result.cancel_requested)
                 )
 
+    def _refused(self, item: _Pending, exc: StoreRefused) -> None:
+        """The store refused this saga's commit for its data: the saga goes on from its last
+        committed state with the refusal as the event (the core fails it the safe way)."""
+        run = item[0]
+        run.refusals += 1
+        reason = refusal_reason(exc.__cause__ or exc) if exc.__cause__ else str(exc)
+        if run.refusals > _MAX_REFUSALS:
+            log.error(
+                "saga %s: the store refused %d commits in a row (%s); leaving it to its lease",
+                run.state.saga_id,
+                run.refusals,
+                reason,
+            )
+            self._forget(run, release=False)
+            return
+        log.error("saga %s: the store refused its commit (%s)", run.state.saga_id, reason)
+        run.state = run.committed
+        self._advance(run, CommitRefused(at=self._clock(), reason=reason, refusals=run.refusals))
+
+    def _commit_one_by_one(self, batch: list[_Pending]) -> str:
+        """After the store refused a batch: commit its sagas one at a time, so that the one
+        whose data it refuses is failed on its own and the others go on. If the store stops
+        answering meanwhile, the rest stay queued."""
+        for index, item in enumerate(batch):
+            run, commit, _, _ = item
+            try:
+                [result] = self._store.commit(
+                    self.owner, [CommitRequest(commit, run.token)], self._lease
+                )
+            except StoreRefused as exc:
+                self._refused(item, exc)
+                continue
+            except Exception as exc:
+                self._requeue(batch[index:], exc)
+                return "unavailable"
+            self._after_commit(item, result)
+        return "committed"
+
+    def _requeue(self, items: list[_Pending], exc: BaseException) -> None:
+        log.warning(
+            "commit of %d sagas failed (%s: %s); it stays queued",
+            len(items),
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+        )
+        with self._commit_cv:
+            self._commits.extendleft(reversed(items))
+
+    def _is_held(self, run: _Run) -> bool:
+        with self._runs_lock:
+            return self._runs.get(run.state.saga_id) is run
+
+    def _still_leased(self, run: _Run) -> bool:
+        """Before a retry: check the lease is still ours, so a process that was frozen past its
+        lease does not call the participant again for a saga another executor now drives."""
+        saga_id = run.state.saga_id
+        try:
+            held = self._store.renew(self.owner, {saga_id: run.token}, self._lease)
+        except Exception:
+            with self._timer_cv:
+                due = self._monotonic() + _RETRY_CHECK_AGAIN_SECS
+                heapq.heappush(self._timers, (due, next(self._timer_seq), run))
+            return False
+        if saga_id in held:
+            return True
+        metrics.LEASES_LOST.inc()
+        log.warning("saga %s: lease lost before a retry; dropping it here", saga_id)
+        self._forget(run, release=False)
+        return False
+
     def _forget(self, run: _Run, *, release: bool) -> None:
         saga_id = run.state.saga_id
         with self._runs_lock:
@@ -319,35 +537,8 @@ class Executor:
         if not self._draining:
             self._wake.set()
 
-    # ---------------------------------------------------------------- threads
-
-    def _claim_loop(self) -> None:
-        backoff = 0.1
-        while not self._stopping.is_set():
-            claimed_all = False
-            if not self._draining:
-                free = self._max - len(self._runs)
-                if free > 0:
-                    want = min(free, 256)
-                    try:
-                        claimed = self._store.claim(self.owner, want, self._lease)
-                        backoff = 0.1
-                    except Exception as exc:
-                        log.warning(
-                            "claim failed (%s); retrying in %.1fs", type(exc).__name__, backoff
-                        )
-                        self._stopping.wait(backoff)
-                        backoff = min(backoff * 2, 5.0)
-                        continue
-                    self._adopt(claimed)
-                    claimed_all = len(claimed) == want
-            if claimed_all:
-                continue
-            self._wake.wait(self._claim_interval)
-            self._wake.clear()
-
     def _adopt(self, claimed: Sequence[Claimed]) -> None:
-        recovered = [c for c in claimed if c.taken_over or c.state.status.value != "STARTED"]
+        recovered = [c for c in claimed if c.taken_over or c.state.status is not SagaStatus.STARTED]
         takeovers = sum(1 for c in claimed if c.taken_over)
         if recovered:
             self.recovered += len(recovered)
@@ -365,129 +556,124 @@ class Executor:
             log.info(
                 "recovered %d sagas (%d taken over from expired leases)", len(recovered), takeovers
             )
+        unadopted: dict[str, int] = {}
         for item in claimed:
-            workflow = self._catalog.get(item.state.workflow_name, item.state.workflow_version)
+            saga_id = item.state.saga_id
+            try:
+                workflow = self._catalog.get(item.state.workflow_name, item.state.workflow_version)
+            except Exception as exc:
+                log.warning(
+                    "saga %s: could not read its workflow (%s); giving it back",
+                    saga_id,
+                    type(exc).__name__,
+                )
+                unadopted[saga_id] = item.lease_token
+                continue
             if workflow is None:
                 log.error(
                     "saga %s: workflow %s v%d is not in the store; leaving the saga",
-                    item.state.saga_id,
+                    saga_id,
                     item.state.workflow_name,
                     item.state.workflow_version,
                 )
                 continue
             run = _Run(item, workflow)
             with self._runs_lock:
-                self._runs[item.state.saga_id] = run
+                self._runs[saga_id] = run
                 metrics.IN_FLIGHT.set(len(self._runs))
-            self._advance(run, Resume(at=self._clock(), cancel_requested=item.cancel_requested))
+            self._advance(
+                run,
+                Resume(
+                    at=self._clock(),
+                    cancel_requested=item.cancel_requested,
+                    lease_expired=item.lease_expired,
+                ),
+            )
+        if unadopted:
+            try:
+                self._store.release(self.owner, unadopted)
+            except Exception:
+                log.warning("could not give back %d sagas; their leases expire", len(unadopted))
+
+    # ---------------------------------------------------------------- threads
+
+    def _supervise(self, name: str, loop: Callable[[], None]) -> None:
+        """Run `loop` until the executor stops; restart it, with a growing pause, when it dies."""
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                loop()
+                return
+            except Exception as exc:
+                self._down[name] = f"{type(exc).__name__}: {exc}"
+                metrics.EXECUTOR_HEALTHY.set(0)
+                metrics.LOOP_RESTARTS.labels(name).inc()
+                log.exception("executor %s loop died; restarting it in %.1fs", name, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _beat(self, name: str) -> None:
+        """A loop is running again after a restart."""
+        if name in self._down:
+            self._down.pop(name, None)
+            if not self._down:
+                metrics.EXECUTOR_HEALTHY.set(1)
+
+    def _claim_loop(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            self._beat("claimer")
+            try:
+                claimed, wanted = self.claim_once()
+                backoff = 0.1
+            except Exception as exc:
+                log.warning("claim failed (%s); retrying in %.1fs", type(exc).__name__, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if wanted and claimed == wanted:
+                continue
+            self._wake.wait(self._claim_interval)
+            self._wake.clear()
 
     def _commit_loop(self) -> None:
         backoff = 0.05
         while True:
+            self._beat("committer")
             with self._commit_cv:
                 while not self._commits and not self._stopping.is_set():
                     self._commit_cv.wait()
                 if not self._commits:
                     return
-                batch = [
-                    self._commits.popleft() for _ in range(min(self._batch, len(self._commits)))
-                ]
-            requests = [CommitRequest(commit, run.token) for run, commit, _, _ in batch]
-            try:
-                results = self._store.commit(self.owner, requests, self._lease)
-                backoff = 0.05
-            except Exception as exc:
-                if len(batch) > 1 and self._commit_one_by_one(batch):
-                    continue
-                log.warning(
-                    "commit of %d sagas failed (%s: %s); retrying in %.2fs",
-                    len(batch),
-                    type(exc).__name__,
-                    str(exc).splitlines()[0] if str(exc) else "",
-                    backoff,
-                )
-                with self._commit_cv:
-                    self._commits.extendleft(reversed(batch))
+            if self.commit_once() == "unavailable":
                 if self._stopping.wait(backoff):
                     return
                 backoff = min(backoff * 2, 2.0)
-                continue
-            metrics.COMMIT_BATCH.observe(len(batch))
-            for item, result in zip(batch, results, strict=True):
-                try:
-                    self._committed(item, result)
-                except Exception:
-                    log.exception("saga %s: after-commit step failed", item[0].state.saga_id)
-                    self._forget(item[0], release=True)
-
-    def _commit_one_by_one(self, batch: list[tuple[_Run, Commit, tuple[Effect, ...], int]]) -> bool:
-        """After a batch failed: commit its sagas one at a time, so one commit the store
-        refuses (bad data) cannot hold every other saga back. Returns False, changing nothing,
-        when none goes through (the store is down: the batch is retried as a whole)."""
-        outcomes: list[CommitResult | Exception] = []
-        for run, commit, _, _ in batch:
-            try:
-                outcomes.append(
-                    self._store.commit(self.owner, [CommitRequest(commit, run.token)], self._lease)[
-                        0
-                    ]
-                )
-            except Exception as exc:
-                outcomes.append(exc)
-        if all(isinstance(o, Exception) for o in outcomes):
-            return False
-        for item, outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, Exception):
-                log.error(
-                    "saga %s: the store refused its commit (%s: %s); dropping it here, its lease "
-                    "expires and another attempt starts from the last commit",
-                    item[0].state.saga_id,
-                    type(outcome).__name__,
-                    str(outcome).splitlines()[0] if str(outcome) else "",
-                )
-                self._forget(item[0], release=False)
-                continue
-            try:
-                self._committed(item, outcome)
-            except Exception:
-                log.exception("saga %s: after-commit step failed", item[0].state.saga_id)
-                self._forget(item[0], release=True)
-        return True
+            else:
+                backoff = 0.05
 
     def _timer_loop(self) -> None:
         while not self._stopping.is_set():
+            self._beat("timer")
             with self._timer_cv:
                 while not self._timers and not self._stopping.is_set():
                     self._timer_cv.wait()
                 if self._stopping.is_set():
                     return
-                due, _, run = self._timers[0]
-                wait = due - time.monotonic()
+                wait = self._timers[0][0] - self._monotonic()
                 if wait > 0:
                     self._timer_cv.wait(wait)
                     continue
-                heapq.heappop(self._timers)
-            self._advance(run, RetryDue(at=self._clock()))
+            self.fire_due_timers()
 
     def _renew_loop(self) -> None:
         interval = max(self._lease / 3.0, 0.05)
         while not self._stopping.wait(interval):
-            with self._runs_lock:
-                leases = {saga_id: run.token for saga_id, run in self._runs.items()}
-            if not leases:
-                continue
+            self._beat("renewer")
             try:
-                held = self._store.renew(self.owner, leases, self._lease)
+                self.renew_once()
             except Exception as exc:
                 log.warning("lease renewal failed (%s)", type(exc).__name__)
-                continue
-            with self._runs_lock:
-                # A saga that ended while the renewal ran released its lease: not a loss.
-                lost = [i for i in leases if i not in held and i in self._runs]
-            if lost:
-                log.warning(
-                    "%d leases no longer held; their next commit will be refused", len(lost)
-                )
 
 
 __all__ = ["Executor", "WorkflowCatalog", "utc_now"]

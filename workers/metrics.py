@@ -54,3 +54,13 @@ OUTBOX_OLDEST_AGE = Gauge(
 )
 OUTBOX_PUBLISHED = Counter("saga_outbox_published_total", "Events acknowledged by the broker")
 OUTBOX_ERRORS = Counter("saga_outbox_publish_errors_total", "Failed event publications")
+LOOP_RESTARTS = Counter(
+    "saga_executor_loop_restarts_total",
+    "Executor loops (claimer, committer, timer, renewer) restarted after dying",
+    ["loop"],
+)
+EXECUTOR_HEALTHY = Gauge(
+    "saga_executor_healthy",
+    "1 while every executor loop of this process runs, 0 while one is down",
+    multiprocess_mode="livemin" if _MULTIPROC else "all",
+)

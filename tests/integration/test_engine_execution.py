@@ -222,16 +222,17 @@ def test_a_saga_keeps_the_workflow_version_it_started_with(
 
 
 def test_a_commit_the_store_refuses_does_not_hold_other_sagas_back(tmp_path: Path) -> None:
-    """One saga whose commits the store rejects is dropped; the 30 started with it all complete."""
+    """One saga whose every commit the store rejects is dropped; the 30 started with it all
+    complete."""
     from saga.model import SagaState
-    from workers.store.base import CommitRequest, CommitResult
+    from workers.store.base import CommitRequest, CommitResult, StoreRefused
     from workers.store.memory import MemoryStore
 
     class RefusingStore(MemoryStore):
         def commit(self, owner: str, requests: Any, lease_secs: float) -> list[CommitResult]:
             batch: list[CommitRequest] = list(requests)
             if any(r.commit.state.payload.get("poison") for r in batch):
-                raise ValueError("value refused by the store")
+                raise StoreRefused("value refused by the store")
             return super().commit(owner, batch, lease_secs)
 
     proc = ParticipantProcess({"*": {"sleep_ms": 20}}, tmp_path)
