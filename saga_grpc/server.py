@@ -72,7 +72,12 @@ def build_api(config: Config, engine: Engine) -> GrpcApi:
             ("grpc.max_send_message_length", config.limits.grpc_send_bytes),
         ],
     )
-    add_to_server(SagaServicer(engine, authorizer(config)), server)
+    encoding = config.grpc.payload_encoding
+    log.info(
+        "gRPC API: payload fields answered as %s (StartSaga accepts JSON bytes or a Struct)",
+        "encoded google.protobuf.Struct" if encoding == "struct" else "UTF-8 JSON bytes",
+    )
+    add_to_server(SagaServicer(engine, authorizer(config), encoding), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):

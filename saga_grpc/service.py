@@ -3,21 +3,31 @@ results become proto messages and domain errors become status codes.
 
 It must never hold a business rule: every check on what a client sent lives in
 `workers.inputs` / `Engine`, every token check in `workers.auth`. The only decoding done here
-is what proto3 forces on us: payloads travel as JSON bytes, strings cannot be null
-("" ↔ None), a zero in `Pagination` means "use the default", and a request that does not
-parse as its message (e.g. a string field that is not UTF-8) is INVALID_ARGUMENT, not the
-INTERNAL grpcio would answer for a failed deserializer.
+is what proto3 forces on us: strings cannot be null ("" ↔ None), a zero in `Pagination` means
+"use the default", a request that does not parse as its message (e.g. a string field that is
+not UTF-8) is INVALID_ARGUMENT, not the INTERNAL grpcio would answer for a failed deserializer,
+and payloads travel in `bytes` fields that two generations of clients fill differently:
+
+- Clients of the original proto send and read UTF-8 JSON bytes.
+- Clients of the later k1s0 proto declare the same fields (same numbers, same wire type 2) as
+  `google.protobuf.Struct`, so they send and expect an encoded Struct.
+
+A StartSaga payload is read as JSON first, then as a Struct (`decode_payload` says why that
+order cannot misread either); responses use the one encoding the server is configured with
+(`grpc.payload_encoding`, json by default), because a response cannot know its reader.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError, Message
 
 from saga.errors import Conflict, NotFound, ValidationError
@@ -103,9 +113,7 @@ def add_to_server(servicer: SagaServicer, server: grpc.Server) -> None:
     handlers = {
         method.name: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, method.name),
-            request_deserializer=tolerant_parser(
-                getattr(saga_pb2, method.input_type.name)  # type: ignore[arg-type]
-            ),
+            request_deserializer=tolerant_parser(getattr(saga_pb2, method.input_type.name)),
             response_serializer=getattr(saga_pb2, method.output_type.name).SerializeToString,
         )
         for method in service.methods
@@ -118,11 +126,17 @@ Reply = TypeVar("Reply")
 
 
 class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
-    """`k1s0.system.saga.v1.SagaService` on top of one `Engine`."""
+    """`k1s0.system.saga.v1.SagaService` on top of one `Engine`; `payload_encoding` ("json"
+    or "struct") is how responses carry payload fields."""
 
-    def __init__(self, engine: Engine, authorize: Authorizer = allow_all) -> None:
+    def __init__(
+        self, engine: Engine, authorize: Authorizer = allow_all, payload_encoding: str = "json"
+    ) -> None:
+        if payload_encoding not in ENCODERS:
+            raise ValueError(f"unknown payload encoding: {payload_encoding}")
         self._engine = engine
         self._authorize = authorize
+        self._encode = ENCODERS[payload_encoding]
 
     # ------------------------------------------------------------------ the RPCs
 
@@ -147,7 +161,8 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
         def run(_: Principal | None) -> saga_pb2.GetSagaResponse:
             state, logs = self._engine.get_saga(request.saga_id)
             return saga_pb2.GetSagaResponse(
-                saga=saga_message(state), step_logs=[step_log_message(g) for g in logs]
+                saga=saga_message(state, self._encode),
+                step_logs=[step_log_message(g, self._encode) for g in logs],
             )
 
         return self._call("GetSaga", READ, request, context, run)
@@ -168,7 +183,7 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
                 correlation_id=request.correlation_id or None,
             )
             return saga_pb2.ListSagasResponse(
-                sagas=[saga_message(s) for s in result.sagas],
+                sagas=[saga_message(s, self._encode) for s in result.sagas],
                 pagination=types_pb2.PaginationResult(
                     total_count=result.total_count,
                     page=result.page,
@@ -189,6 +204,23 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
             )
 
         return self._call("CancelSaga", WRITE, request, context, run)
+
+    def CompensateSaga(
+        self, request: saga_pb2.CompensateSagaRequest, context: grpc.ServicerContext
+    ) -> saga_pb2.CompensateSagaResponse:
+        """CancelSaga under the later k1s0 proto's name, also answering the saga's id and its
+        status when the cancel was accepted (compensation starts at the next step boundary)."""
+
+        def run(_: Principal | None) -> saga_pb2.CompensateSagaResponse:
+            state = self._engine.cancel_saga(request.saga_id)
+            return saga_pb2.CompensateSagaResponse(
+                success=True,
+                status=state.status.value,
+                message=f"saga {state.saga_id} cancelled",
+                saga_id=state.saga_id,
+            )
+
+        return self._call("CompensateSaga", WRITE, request, context, run)
 
     def RegisterWorkflow(
         self, request: saga_pb2.RegisterWorkflowRequest, context: grpc.ServicerContext
@@ -256,16 +288,86 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
 
 
 def decode_payload(raw: bytes) -> Any:
-    """The StartSaga payload: UTF-8 JSON bytes, empty meaning `{}`; must be a JSON object."""
+    """The StartSaga payload: UTF-8 JSON object bytes or an encoded `google.protobuf.Struct`,
+    empty meaning `{}` (an empty Struct encodes to no bytes at all, so both agree).
+
+    JSON is tried first, and a text that parses as JSON is taken as JSON. That order cannot
+    misread a Struct: every entry of a non-empty Struct is a map entry whose value field has
+    the tag byte 0x12, and a valid JSON text never contains that byte (a raw control
+    character is allowed neither between tokens nor inside a string), so no Struct an encoder
+    writes is also a valid JSON text. Bytes that are not JSON must then be a *strict* Struct
+    (`struct_payload`); anything else is INVALID_ARGUMENT naming `payload`."""
     if not raw:
         return {}
+    nested_too_deeply = False
     try:
         value = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ValidationError("payload: must be UTF-8 encoded JSON") from None
-    if not isinstance(value, dict):
-        raise ValidationError("payload: must be a JSON object")
+    except RecursionError:
+        nested_too_deeply = True
+    except (UnicodeDecodeError, ValueError):
+        pass
+    else:
+        if not isinstance(value, dict):
+            raise ValidationError("payload: must be a JSON object")
+        return value
+    decoded = struct_payload(raw)
+    if decoded is not None:
+        return decoded
+    if nested_too_deeply:
+        raise ValidationError("payload: JSON nested too deeply")
+    raise ValidationError(
+        "payload: must be UTF-8 encoded JSON (an object) or an encoded google.protobuf.Struct"
+    )
+
+
+class _NotAStruct(Exception):
+    """A Value without a kind: not something a Struct encoder writes."""
+
+
+def struct_payload(raw: bytes) -> dict[str, Any] | None:
+    """`raw` as a strict `google.protobuf.Struct`, converted to JSON values; None if it is not one.
+
+    Strict: it parses; every Value has its kind set; and it survives a round trip, i.e. the
+    Struct rebuilt from the converted values serialises (deterministically) to the same bytes
+    as the parsed message, so no unknown field, out-of-range enum or other stray content was
+    carried along. The comparison is of two deterministic serialisations, not of `raw`
+    itself: encoders write map entries in any order (Go's in a random one). Integral numbers
+    within +/-2^53 come back as integers, as a JSON reader would read them."""
+    try:
+        message = struct_pb2.Struct.FromString(raw)
+        value = {key: _json_value(item) for key, item in message.fields.items()}
+    except (DecodeError, RecursionError, _NotAStruct):
+        return None
+    rebuilt = struct_pb2.Struct()
+    rebuilt.update(value)
+    if rebuilt.SerializeToString(deterministic=True) != message.SerializeToString(
+        deterministic=True
+    ):
+        return None
     return value
+
+
+_EXACT_INTEGER = 2**53
+
+
+def _json_value(item: struct_pb2.Value) -> Any:
+    kind = item.WhichOneof("kind")
+    if kind == "null_value":
+        return None
+    if kind == "number_value":
+        number = item.number_value
+        if number.is_integer() and abs(number) <= _EXACT_INTEGER:
+            return int(number)
+        return number
+    if kind == "string_value":
+        return item.string_value
+    if kind == "bool_value":
+        return item.bool_value
+    if kind == "struct_value":
+        return {key: _json_value(child) for key, child in item.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_json_value(child) for child in item.list_value.values]
+    raise _NotAStruct()
 
 
 def encode_json(value: Mapping[str, Any] | None) -> bytes:
@@ -280,6 +382,42 @@ def encode_json(value: Mapping[str, Any] | None) -> bytes:
         return json.dumps(dict(value), separators=(",", ":")).encode("ascii")
 
 
+def encode_struct(value: Mapping[str, Any] | None) -> bytes:
+    """An encoded `google.protobuf.Struct` (deterministic: map keys sorted); empty for an
+    absent value. Numbers become doubles, as Struct has no integers (exact to +/-2^53)."""
+    if value is None:
+        return b""
+    message = struct_pb2.Struct()
+    try:
+        message.update(dict(value))
+        return message.SerializeToString(deterministic=True)
+    except UnicodeEncodeError:
+        # A lone surrogate (possible in an old participant reply) cannot travel in a proto
+        # string: it is sent as U+FFFD.
+        message = struct_pb2.Struct()
+        message.update(_without_surrogates(dict(value)))
+        return message.SerializeToString(deterministic=True)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_surrogates(v) for v in value]
+    return value
+
+
+ENCODERS: dict[str, Callable[[Mapping[str, Any] | None], bytes]] = {
+    "json": encode_json,
+    "struct": encode_struct,
+}
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -291,13 +429,37 @@ def timestamp(value: datetime) -> types_pb2.Timestamp:
     )
 
 
-def saga_message(state: SagaState) -> saga_pb2.SagaStateProto:
+# SPEC §5: the later proto's enums. STARTED and PAUSED have no value (UNSPECIFIED);
+# CANCELLED is COMPENSATED. The string fields stay authoritative.
+SAGA_STATUS_ENUM: dict[str, int] = {
+    "RUNNING": saga_pb2.SAGA_STATUS_RUNNING,
+    "COMPLETED": saga_pb2.SAGA_STATUS_COMPLETED,
+    "FAILED": saga_pb2.SAGA_STATUS_FAILED,
+    "COMPENSATING": saga_pb2.SAGA_STATUS_COMPENSATING,
+    "CANCELLED": saga_pb2.SAGA_STATUS_COMPENSATED,
+}
+STEP_ACTION_ENUM: dict[str, int] = {
+    "EXECUTE": saga_pb2.SAGA_STEP_ACTION_EXECUTE,
+    "COMPENSATE": saga_pb2.SAGA_STEP_ACTION_COMPENSATE,
+}
+STEP_STATUS_ENUM: dict[str, int] = {
+    "SUCCESS": saga_pb2.SAGA_STEP_STATUS_SUCCESS,
+    "FAILED": saga_pb2.SAGA_STEP_STATUS_FAILED,
+    "TIMEOUT": saga_pb2.SAGA_STEP_STATUS_TIMEOUT,
+    "SKIPPED": saga_pb2.SAGA_STEP_STATUS_SKIPPED,
+}
+
+Encoder = Callable[[Mapping[str, Any] | None], bytes]
+
+
+def saga_message(state: SagaState, encode: Encoder = encode_json) -> saga_pb2.SagaStateProto:
     return saga_pb2.SagaStateProto(
         id=state.saga_id,
         workflow_name=state.workflow_name,
         current_step=state.current_step,
         status=state.status.value,
-        payload=encode_json(state.payload),
+        status_enum=SAGA_STATUS_ENUM.get(state.status.value, saga_pb2.SAGA_STATUS_UNSPECIFIED),
+        payload=encode(state.payload),
         correlation_id=state.correlation_id or "",
         initiated_by=state.initiated_by or "",
         error_message=state.error_message or "",
@@ -306,19 +468,24 @@ def saga_message(state: SagaState) -> saga_pb2.SagaStateProto:
     )
 
 
-def step_log_message(entry: StepLog) -> saga_pb2.SagaStepLogProto:
+def step_log_message(entry: StepLog, encode: Encoder = encode_json) -> saga_pb2.SagaStepLogProto:
+    """One step log; a payload the log does not have is left absent (no presence bit)."""
     message = saga_pb2.SagaStepLogProto(
         id=entry.id,
         saga_id=entry.saga_id,
         step_index=entry.step_index,
         step_name=entry.step_name,
         action=entry.action.value,
+        action_enum=STEP_ACTION_ENUM.get(entry.action.value, 0),
         status=entry.status.value,
-        request_payload=encode_json(entry.request_payload),
-        response_payload=encode_json(entry.response_payload),
+        status_enum=STEP_STATUS_ENUM.get(entry.status.value, 0),
         error_message=entry.error_message or "",
         started_at=timestamp(entry.started_at),
     )
+    if entry.request_payload is not None:
+        message.request_payload = encode(entry.request_payload)
+    if entry.response_payload is not None:
+        message.response_payload = encode(entry.response_payload)
     if entry.completed_at is not None:
         message.completed_at.CopyFrom(timestamp(entry.completed_at))
     return message

@@ -37,11 +37,17 @@ class ServerConfig:
     threads: int = 8
 
 
+PAYLOAD_ENCODINGS = ("json", "struct")
+
+
 @define
 class GrpcConfig:
     host: str = "0.0.0.0"
     port: int = 50051
     max_workers: int = 32
+    # How responses carry payload fields (SPEC §5): UTF-8 JSON bytes, or an encoded
+    # google.protobuf.Struct for clients of the later k1s0 proto. Requests may use either.
+    payload_encoding: str = "json"
 
 
 @define
@@ -227,6 +233,11 @@ def _check(config: Config, path: str) -> None:
     ):
         if not 0 <= value <= 65535:
             raise bad(key, "must be a port number (0..65535)")
+    if config.grpc.payload_encoding not in PAYLOAD_ENCODINGS:
+        raise bad(
+            "grpc.payload_encoding",
+            f"must be one of {', '.join(PAYLOAD_ENCODINGS)}, not {config.grpc.payload_encoding!r}",
+        )
     if config.saga.max_concurrent < 1:
         raise bad("saga.max_concurrent", "must be >= 1")
     if config.saga.lease_secs <= 0:

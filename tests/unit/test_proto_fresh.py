@@ -40,7 +40,7 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
 
 
 def test_generated_code_imports_as_a_package() -> None:
-    """The generated modules import under saga_grpc.gen and expose the six SagaService RPCs."""
+    """The generated modules import under saga_grpc.gen and expose the SagaService RPCs."""
     from saga_grpc.gen.k1s0.system.saga.v1 import saga_pb2, saga_pb2_grpc
 
     service = saga_pb2.DESCRIPTOR.services_by_name["SagaService"]
@@ -50,6 +50,7 @@ def test_generated_code_imports_as_a_package() -> None:
         "GetSaga",
         "ListSagas",
         "CancelSaga",
+        "CompensateSaga",
         "RegisterWorkflow",
         "ListWorkflows",
     ]
@@ -84,6 +85,7 @@ _CONTRACT: dict[str, list[tuple[str, int, str, bool]]] = {
         ("error_message", 8, "string", False),
         ("created_at", 9, ".k1s0.system.common.v1.Timestamp", False),
         ("updated_at", 10, ".k1s0.system.common.v1.Timestamp", False),
+        ("status_enum", 11, ".k1s0.system.saga.v1.SagaStatus", False),
     ],
     "k1s0.system.saga.v1.SagaStepLogProto": [
         ("id", 1, "string", False),
@@ -97,6 +99,8 @@ _CONTRACT: dict[str, list[tuple[str, int, str, bool]]] = {
         ("error_message", 9, "string", False),
         ("started_at", 10, ".k1s0.system.common.v1.Timestamp", False),
         ("completed_at", 11, ".k1s0.system.common.v1.Timestamp", False),
+        ("action_enum", 12, ".k1s0.system.saga.v1.SagaStepAction", False),
+        ("status_enum", 13, ".k1s0.system.saga.v1.SagaStepStatus", False),
     ],
     "k1s0.system.saga.v1.WorkflowSummary": [
         ("name", 1, "string", False),
@@ -132,6 +136,13 @@ _CONTRACT: dict[str, list[tuple[str, int, str, bool]]] = {
     "k1s0.system.saga.v1.CancelSagaResponse": [
         ("success", 1, "bool", False),
         ("message", 2, "string", False),
+    ],
+    "k1s0.system.saga.v1.CompensateSagaRequest": [("saga_id", 1, "string", False)],
+    "k1s0.system.saga.v1.CompensateSagaResponse": [
+        ("success", 1, "bool", False),
+        ("status", 2, "string", False),
+        ("message", 3, "string", False),
+        ("saga_id", 4, "string", False),
     ],
     "k1s0.system.saga.v1.RegisterWorkflowRequest": [("workflow_yaml", 1, "string", False)],
     "k1s0.system.saga.v1.RegisterWorkflowResponse": [
@@ -171,3 +182,39 @@ def test_field_numbers_match_the_contract() -> None:
                 for field in message.field
             ]
     assert seen == _CONTRACT
+
+
+# enum -> {name: number}, from SPEC §5 (the later k1s0 proto's values).
+_ENUMS: dict[str, dict[str, int]] = {
+    "SagaStatus": {
+        "SAGA_STATUS_UNSPECIFIED": 0,
+        "SAGA_STATUS_RUNNING": 1,
+        "SAGA_STATUS_COMPLETED": 2,
+        "SAGA_STATUS_FAILED": 3,
+        "SAGA_STATUS_COMPENSATING": 4,
+        "SAGA_STATUS_COMPENSATED": 5,
+    },
+    "SagaStepAction": {
+        "SAGA_STEP_ACTION_UNSPECIFIED": 0,
+        "SAGA_STEP_ACTION_EXECUTE": 1,
+        "SAGA_STEP_ACTION_COMPENSATE": 2,
+    },
+    "SagaStepStatus": {
+        "SAGA_STEP_STATUS_UNSPECIFIED": 0,
+        "SAGA_STEP_STATUS_SUCCESS": 1,
+        "SAGA_STEP_STATUS_FAILED": 2,
+        "SAGA_STEP_STATUS_TIMEOUT": 3,
+        "SAGA_STEP_STATUS_SKIPPED": 4,
+    },
+}
+
+
+def test_enum_values_match_the_contract() -> None:
+    """The status and action enums have exactly the numbers of SPEC §5."""
+    from saga_grpc.gen.k1s0.system.saga.v1 import saga_pb2
+
+    seen = {
+        name: {v.name: v.number for v in enum.values}
+        for name, enum in saga_pb2.DESCRIPTOR.enum_types_by_name.items()
+    }
+    assert seen == _ENUMS

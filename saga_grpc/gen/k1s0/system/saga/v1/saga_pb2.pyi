@@ -1,5 +1,6 @@
 from saga_grpc.gen.k1s0.system.common.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -7,8 +8,45 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SagaStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SAGA_STATUS_UNSPECIFIED: _ClassVar[SagaStatus]
+    SAGA_STATUS_RUNNING: _ClassVar[SagaStatus]
+    SAGA_STATUS_COMPLETED: _ClassVar[SagaStatus]
+    SAGA_STATUS_FAILED: _ClassVar[SagaStatus]
+    SAGA_STATUS_COMPENSATING: _ClassVar[SagaStatus]
+    SAGA_STATUS_COMPENSATED: _ClassVar[SagaStatus]
+
+class SagaStepAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SAGA_STEP_ACTION_UNSPECIFIED: _ClassVar[SagaStepAction]
+    SAGA_STEP_ACTION_EXECUTE: _ClassVar[SagaStepAction]
+    SAGA_STEP_ACTION_COMPENSATE: _ClassVar[SagaStepAction]
+
+class SagaStepStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SAGA_STEP_STATUS_UNSPECIFIED: _ClassVar[SagaStepStatus]
+    SAGA_STEP_STATUS_SUCCESS: _ClassVar[SagaStepStatus]
+    SAGA_STEP_STATUS_FAILED: _ClassVar[SagaStepStatus]
+    SAGA_STEP_STATUS_TIMEOUT: _ClassVar[SagaStepStatus]
+    SAGA_STEP_STATUS_SKIPPED: _ClassVar[SagaStepStatus]
+SAGA_STATUS_UNSPECIFIED: SagaStatus
+SAGA_STATUS_RUNNING: SagaStatus
+SAGA_STATUS_COMPLETED: SagaStatus
+SAGA_STATUS_FAILED: SagaStatus
+SAGA_STATUS_COMPENSATING: SagaStatus
+SAGA_STATUS_COMPENSATED: SagaStatus
+SAGA_STEP_ACTION_UNSPECIFIED: SagaStepAction
+SAGA_STEP_ACTION_EXECUTE: SagaStepAction
+SAGA_STEP_ACTION_COMPENSATE: SagaStepAction
+SAGA_STEP_STATUS_UNSPECIFIED: SagaStepStatus
+SAGA_STEP_STATUS_SUCCESS: SagaStepStatus
+SAGA_STEP_STATUS_FAILED: SagaStepStatus
+SAGA_STEP_STATUS_TIMEOUT: SagaStepStatus
+SAGA_STEP_STATUS_SKIPPED: SagaStepStatus
+
 class SagaStateProto(_message.Message):
-    __slots__ = ("id", "workflow_name", "current_step", "status", "payload", "correlation_id", "initiated_by", "error_message", "created_at", "updated_at")
+    __slots__ = ("id", "workflow_name", "current_step", "status", "payload", "correlation_id", "initiated_by", "error_message", "created_at", "updated_at", "status_enum")
     ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_NAME_FIELD_NUMBER: _ClassVar[int]
     CURRENT_STEP_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +57,7 @@ class SagaStateProto(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_ENUM_FIELD_NUMBER: _ClassVar[int]
     id: str
     workflow_name: str
     current_step: int
@@ -29,10 +68,11 @@ class SagaStateProto(_message.Message):
     error_message: str
     created_at: _types_pb2.Timestamp
     updated_at: _types_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., workflow_name: _Optional[str] = ..., current_step: _Optional[int] = ..., status: _Optional[str] = ..., payload: _Optional[bytes] = ..., correlation_id: _Optional[str] = ..., initiated_by: _Optional[str] = ..., error_message: _Optional[str] = ..., created_at: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    status_enum: SagaStatus
+    def __init__(self, id: _Optional[str] = ..., workflow_name: _Optional[str] = ..., current_step: _Optional[int] = ..., status: _Optional[str] = ..., payload: _Optional[bytes] = ..., correlation_id: _Optional[str] = ..., initiated_by: _Optional[str] = ..., error_message: _Optional[str] = ..., created_at: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ..., status_enum: _Optional[_Union[SagaStatus, str]] = ...) -> None: ...
 
 class SagaStepLogProto(_message.Message):
-    __slots__ = ("id", "saga_id", "step_index", "step_name", "action", "status", "request_payload", "response_payload", "error_message", "started_at", "completed_at")
+    __slots__ = ("id", "saga_id", "step_index", "step_name", "action", "status", "request_payload", "response_payload", "error_message", "started_at", "completed_at", "action_enum", "status_enum")
     ID_FIELD_NUMBER: _ClassVar[int]
     SAGA_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +84,8 @@ class SagaStepLogProto(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_AT_FIELD_NUMBER: _ClassVar[int]
+    ACTION_ENUM_FIELD_NUMBER: _ClassVar[int]
+    STATUS_ENUM_FIELD_NUMBER: _ClassVar[int]
     id: str
     saga_id: str
     step_index: int
@@ -55,7 +97,9 @@ class SagaStepLogProto(_message.Message):
     error_message: str
     started_at: _types_pb2.Timestamp
     completed_at: _types_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., saga_id: _Optional[str] = ..., step_index: _Optional[int] = ..., step_name: _Optional[str] = ..., action: _Optional[str] = ..., status: _Optional[str] = ..., request_payload: _Optional[bytes] = ..., response_payload: _Optional[bytes] = ..., error_message: _Optional[str] = ..., started_at: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    action_enum: SagaStepAction
+    status_enum: SagaStepStatus
+    def __init__(self, id: _Optional[str] = ..., saga_id: _Optional[str] = ..., step_index: _Optional[int] = ..., step_name: _Optional[str] = ..., action: _Optional[str] = ..., status: _Optional[str] = ..., request_payload: _Optional[bytes] = ..., response_payload: _Optional[bytes] = ..., error_message: _Optional[str] = ..., started_at: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ..., action_enum: _Optional[_Union[SagaStepAction, str]] = ..., status_enum: _Optional[_Union[SagaStepStatus, str]] = ...) -> None: ...
 
 class WorkflowSummary(_message.Message):
     __slots__ = ("name", "step_count", "step_names")
@@ -134,6 +178,24 @@ class CancelSagaResponse(_message.Message):
     success: bool
     message: str
     def __init__(self, success: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class CompensateSagaRequest(_message.Message):
+    __slots__ = ("saga_id",)
+    SAGA_ID_FIELD_NUMBER: _ClassVar[int]
+    saga_id: str
+    def __init__(self, saga_id: _Optional[str] = ...) -> None: ...
+
+class CompensateSagaResponse(_message.Message):
+    __slots__ = ("success", "status", "message", "saga_id")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SAGA_ID_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    status: str
+    message: str
+    saga_id: str
+    def __init__(self, success: _Optional[bool] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., saga_id: _Optional[str] = ...) -> None: ...
 
 class RegisterWorkflowRequest(_message.Message):
     __slots__ = ("workflow_yaml",)

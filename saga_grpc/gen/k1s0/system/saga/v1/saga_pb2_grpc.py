@@ -27,6 +27,12 @@ if _version_not_supported:
 
 class SagaServiceStub:
     """SagaService starts, inspects and cancels sagas, and registers workflows.
+
+    Payload fields are `optional bytes`: UTF-8 JSON by default, or (with the server's
+    `grpc.payload_encoding: struct`) an encoded google.protobuf.Struct, which is what clients
+    generated from the later k1s0 proto, where these fields are `google.protobuf.Struct`, read.
+    The same field numbers and wire type serve both; a StartSaga payload may be either (SPEC §5).
+    `optional` only gives presence: an empty Struct is still sent, an absent payload is not.
     """
 
     def __init__(self, channel):
@@ -55,6 +61,11 @@ class SagaServiceStub:
                 request_serializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.CancelSagaRequest.SerializeToString,
                 response_deserializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.CancelSagaResponse.FromString,
                 _registered_method=True)
+        self.CompensateSaga = channel.unary_unary(
+                '/k1s0.system.saga.v1.SagaService/CompensateSaga',
+                request_serializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.CompensateSagaRequest.SerializeToString,
+                response_deserializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.CompensateSagaResponse.FromString,
+                _registered_method=True)
         self.RegisterWorkflow = channel.unary_unary(
                 '/k1s0.system.saga.v1.SagaService/RegisterWorkflow',
                 request_serializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.RegisterWorkflowRequest.SerializeToString,
@@ -69,6 +80,12 @@ class SagaServiceStub:
 
 class SagaServiceServicer:
     """SagaService starts, inspects and cancels sagas, and registers workflows.
+
+    Payload fields are `optional bytes`: UTF-8 JSON by default, or (with the server's
+    `grpc.payload_encoding: struct`) an encoded google.protobuf.Struct, which is what clients
+    generated from the later k1s0 proto, where these fields are `google.protobuf.Struct`, read.
+    The same field numbers and wire type serve both; a StartSaga payload may be either (SPEC §5).
+    `optional` only gives presence: an empty Struct is still sent, an absent payload is not.
     """
 
     def StartSaga(self, request, context):
@@ -91,6 +108,13 @@ class SagaServiceServicer:
 
     def CancelSaga(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompensateSaga(self, request, context):
+        """The same as CancelSaga, answered with the saga's id and status too.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -130,6 +154,11 @@ def add_SagaServiceServicer_to_server(servicer, server):
                     request_deserializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.CancelSagaRequest.FromString,
                     response_serializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.CancelSagaResponse.SerializeToString,
             ),
+            'CompensateSaga': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompensateSaga,
+                    request_deserializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.CompensateSagaRequest.FromString,
+                    response_serializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.CompensateSagaResponse.SerializeToString,
+            ),
             'RegisterWorkflow': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterWorkflow,
                     request_deserializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.RegisterWorkflowRequest.FromString,
@@ -150,6 +179,12 @@ def add_SagaServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class SagaService:
     """SagaService starts, inspects and cancels sagas, and registers workflows.
+
+    Payload fields are `optional bytes`: UTF-8 JSON by default, or (with the server's
+    `grpc.payload_encoding: struct`) an encoded google.protobuf.Struct, which is what clients
+    generated from the later k1s0 proto, where these fields are `google.protobuf.Struct`, read.
+    The same field numbers and wire type serve both; a StartSaga payload may be either (SPEC §5).
+    `optional` only gives presence: an empty Struct is still sent, an absent payload is not.
     """
 
     @staticmethod
@@ -250,6 +285,33 @@ class SagaService:
             '/k1s0.system.saga.v1.SagaService/CancelSaga',
             k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.CancelSagaRequest.SerializeToString,
             k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.CancelSagaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompensateSaga(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/k1s0.system.saga.v1.SagaService/CompensateSaga',
+            k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.CompensateSagaRequest.SerializeToString,
+            k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.CompensateSagaResponse.FromString,
             options,
             channel_credentials,
             insecure,
