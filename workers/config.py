@@ -5,6 +5,7 @@ start with one line naming the file, the key and the problem (`ConfigError`)."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,28 @@ from attrs import define, field
 
 DEFAULT_CONFIG_PATH = "config/config.yaml"
 DEFAULT_TOPIC = "k1s0.system.saga.events.v1"
+
+# "30s", "5m", "1h30m", "250ms" (as in the original design's config), or a bare number of seconds.
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|min|m|h)")
+_DURATION_UNIT_SECS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def duration_secs(text: str) -> float:
+    """The seconds in a duration such as "30s", "5m", "1h30m", "250ms" or "45" (seconds);
+    raise ValueError for anything else (a negative one included)."""
+    text = text.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        if value >= 0 and value != float("inf"):
+            return value
+        raise ValueError(f"not a duration: {text!r}")
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f"not a duration such as 30s, 5m, 1h30m or 250ms: {text!r}")
+    return sum(float(number) * _DURATION_UNIT_SECS[unit] for number, unit in parts)
 
 
 class ConfigError(Exception):
@@ -60,7 +83,17 @@ class DatabaseConfig:
     ssl_mode: str = "disable"
     max_open_conns: int = 25
     max_idle_conns: int = 5
-    conn_max_lifetime: str = "5m"
+    conn_max_lifetime: str = "5m"  # a pooled connection is replaced after this long; 0: never
+    statement_timeout: str = "30s"  # PostgreSQL cancels a statement running longer; 0: never
+
+    @property
+    def max_lifetime_secs(self) -> float:
+        seconds = duration_secs(self.conn_max_lifetime)
+        return seconds if seconds > 0 else float("inf")
+
+    @property
+    def statement_timeout_secs(self) -> float:
+        return duration_secs(self.statement_timeout)
 
     @property
     def url(self) -> str:
@@ -238,6 +271,12 @@ def _check(config: Config, path: str) -> None:
             "grpc.payload_encoding",
             f"must be one of {', '.join(PAYLOAD_ENCODINGS)}, not {config.grpc.payload_encoding!r}",
         )
+    if config.database is not None:
+        for key in ("conn_max_lifetime", "statement_timeout"):
+            try:
+                duration_secs(getattr(config.database, key))
+            except ValueError as exc:
+                raise bad(f"database.{key}", str(exc)) from None
     if config.saga.max_concurrent < 1:
         raise bad("saga.max_concurrent", "must be >= 1")
     if config.saga.lease_secs <= 0:

@@ -20,7 +20,7 @@ from saga.errors import Conflict, NotFound, ValidationError
 from saga.model import SagaState, SagaStatus, StepLog, Workflow, new_saga
 from saga.workflow import parse_workflow
 from workers import inputs, metrics
-from workers.config import Config
+from workers.config import Config, DatabaseConfig
 from workers.interpreter import Executor, WorkflowCatalog, utc_now
 from workers.participant import ParticipantCaller
 from workers.relay import OutboxRelay
@@ -39,7 +39,15 @@ def open_store(config: Config) -> Store:
         db = config.database
         size = max(2, db.max_open_conns if db else 10)
         idle = min(size, max(1, db.max_idle_conns if db else 2))
-        return PostgresStore(url, outbox=outbox, min_size=idle, max_size=size)
+        timing = db or DatabaseConfig(name="", user="")  # DATABASE_URL alone: the defaults
+        return PostgresStore(
+            url,
+            outbox=outbox,
+            min_size=idle,
+            max_size=size,
+            max_lifetime=timing.max_lifetime_secs,
+            statement_timeout=timing.statement_timeout_secs,
+        )
     from workers.store.sqlite import SqliteStore
 
     return SqliteStore(config.saga.sqlite_path, outbox=outbox)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -326,7 +326,8 @@ WHERE published_at IS NOT NULL AND published_at <= now() - make_interval(secs =>
 """
 
 _SESSION_SETUP = """
-SELECT set_config('saga.keep_updated_at', 'on', false), set_config('TimeZone', 'UTC', false)
+SELECT set_config('saga.keep_updated_at', 'on', false), set_config('TimeZone', 'UTC', false),
+       set_config('statement_timeout', %s, false)
 """
 
 
@@ -434,10 +435,18 @@ def _workflow_from_row(row: Mapping[str, Any]) -> Workflow:
     return evolve(workflow_from_dict(definition), name=row["name"], version=row["version"])
 
 
-def _configure_session(conn: Connection[Any]) -> None:
-    # Store writes set updated_at themselves (see the trigger in 0001_initial.sql); timestamps
-    # come back in UTC. The pool runs this on every new connection (autocommit: no open txn).
-    conn.execute(_SESSION_SETUP)
+def _session_setup(statement_timeout: float | None) -> Callable[[Connection[Any]], None]:
+    """The pool's `configure` callback: store writes set updated_at themselves (see the
+    trigger in 0001_initial.sql), timestamps come back in UTC, and a statement running longer
+    than `statement_timeout` seconds is cancelled by the server (None or 0: never). The pool
+    runs it on every new connection (autocommit: no open transaction)."""
+    # In milliseconds, PostgreSQL's unit; a positive value under 1 ms must not become 0 (off).
+    timeout_ms = 0 if not statement_timeout else max(1, round(statement_timeout * 1000))
+
+    def configure(conn: Connection[Any]) -> None:
+        conn.execute(_SESSION_SETUP, (str(timeout_ms),))
+
+    return configure
 
 
 # --------------------------------------------------------------------------- the store
@@ -461,6 +470,8 @@ class PostgresStore(Store):
         migrate: bool = True,
         timeout: float = 10.0,
         reconnect_timeout: float = 60.0,
+        max_lifetime: float = 300.0,
+        statement_timeout: float | None = 30.0,
     ) -> None:
         self._schema = validate_schema(schema)
         self._outbox = outbox
@@ -477,7 +488,8 @@ class PostgresStore(Store):
             min_size=min_size,
             max_size=max_size,
             open=False,
-            configure=_configure_session,
+            configure=_session_setup(statement_timeout),
+            max_lifetime=max_lifetime,  # `database.conn_max_lifetime`
             # A connection that died with the server is found and replaced before it is
             # handed out, so a restart costs no failed call once the server is back. (Probing
             # only idle connections saves a round trip but lets a just-killed one fail a call.)
