@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run demo test lint unit services services-down bench clean
+.PHONY: install run demo test lint unit services services-down bench chaos clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,15 @@ bench: $(STAMP)
 	bash scripts/services.sh up
 	set -a; [ -f .services/env ] && . .services/env; set +a; \
 	  $(BIN)/python -m bench $(BENCH_ARGS)
+
+# Chaos run (RELIABILITY.md): workers SIGKILLed and SIGSTOPped, PostgreSQL restarted, the broker
+# stopped, while sagas run; prints and records the invariant figures (10 minutes by default;
+# CHAOS_ARGS='--minutes 2 --seed 7' for a shorter run). scripts/services.sh installs PostgreSQL
+# and Kafka; the run starts a server and a broker of its own, so the shared ones are not touched.
+chaos: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
+	bash scripts/services.sh up
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .services build *.egg-info
