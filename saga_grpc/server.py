@@ -71,6 +71,8 @@ def build_api(config: Config, engine: Engine) -> GrpcApi:
             ("grpc.max_receive_message_length", config.limits.grpc_receive_bytes),
             ("grpc.max_send_message_length", config.limits.grpc_send_bytes),
         ],
+        # Past this many calls held at once, refuse with RESOURCE_EXHAUSTED instead of queueing.
+        maximum_concurrent_rpcs=config.grpc.concurrent_rpcs,
     )
     encoding = config.grpc.payload_encoding
     log.info(

@@ -68,9 +68,19 @@ class GrpcConfig:
     host: str = "0.0.0.0"
     port: int = 50051
     max_workers: int = 32
+    # Calls held at once (running or queued for a worker thread); past it a call is refused
+    # with RESOURCE_EXHAUSTED. None: four per worker thread.
+    max_concurrent_rpcs: int | None = None
     # How responses carry payload fields (SPEC §5): UTF-8 JSON bytes, or an encoded
     # google.protobuf.Struct for clients of the later k1s0 proto. Requests may use either.
     payload_encoding: str = "json"
+
+    @property
+    def concurrent_rpcs(self) -> int:
+        """`max_concurrent_rpcs`, or its default of four calls per worker thread."""
+        if self.max_concurrent_rpcs is not None:
+            return self.max_concurrent_rpcs
+        return 4 * max(1, self.max_workers)
 
 
 @define
@@ -277,6 +287,8 @@ def _check(config: Config, path: str) -> None:
                 duration_secs(getattr(config.database, key))
             except ValueError as exc:
                 raise bad(f"database.{key}", str(exc)) from None
+    if config.grpc.max_concurrent_rpcs is not None and config.grpc.max_concurrent_rpcs < 1:
+        raise bad("grpc.max_concurrent_rpcs", "must be >= 1")
     if config.saga.max_concurrent < 1:
         raise bad("saga.max_concurrent", "must be >= 1")
     if config.saga.lease_secs <= 0:
