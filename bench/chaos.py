@@ -366,7 +366,7 @@ class Rest:
         self, body: dict[str, Any], key: str, turn: int, stop: threading.Event, budget: float
     ) -> tuple[str | None, int, str]:
         """POST a saga with an Idempotency-Key until an API acknowledges it; (saga_id or None,
-        attempts, last error)."""
+        attempts, the acknowledging answer or the last error)."""
         deadline = time.monotonic() + budget
         attempt, error, delay = 0, "", 0.1
         while time.monotonic() < deadline and not stop.is_set():
@@ -380,7 +380,8 @@ class Rest:
                     headers={"Idempotency-Key": key},
                 )
                 if r.status_code in (200, 201):
-                    return str(r.json()["saga_id"]), attempt, ""
+                    api = (turn + attempt) % len(self.urls)
+                    return str(r.json()["saga_id"]), attempt, f"HTTP {r.status_code} from api-{api}"
                 error = f"HTTP {r.status_code}: {r.text[:200]}"
                 if r.status_code < 500:
                     return None, attempt, error  # a refusal, not an outage: do not insist
@@ -479,7 +480,8 @@ class Load:
                     {"n": n, "kind": kind, "attempts": attempts, "error": error}
                 )
             return
-        client = inv.ClientSaga(saga_id, n, kind, fail_at, time.time())
+        client = inv.ClientSaga(saga_id, n, kind, fail_at, time.time(), start_answer=error)
+        client.start_attempts = attempts
         with self.lock:
             self.sagas[saga_id] = client
         if cancel_after is None or self.stop.wait(cancel_after):
@@ -669,24 +671,31 @@ class Faults(threading.Thread):
 def drain(
     rest: Rest, sagas: dict[str, inv.ClientSaga], timeout: float
 ) -> tuple[dict[str, Any], float]:
-    """Poll every saga until all are terminal (or `timeout`); (saga_id -> last seen detail or
-    None, seconds it took)."""
+    """Poll every saga until all are terminal (or `timeout`; a saga REST has not found for 30 s
+    is not waited for); (saga_id -> last seen detail, None for a 404, and the seconds until the
+    last saga became terminal)."""
     t0 = time.monotonic()
     seen: dict[str, Any] = {}
     pending = set(sagas)
+    not_found_since: dict[str, float] = {}
+    last_terminal = 0.0
     last_print = 0.0
     while True:
         for turn, saga_id in enumerate(sorted(pending)):
             code, detail = rest.get(saga_id, turn)
             if code == 200 and detail is not None:
                 seen[saga_id] = detail
+                not_found_since.pop(saga_id, None)
                 if detail["saga"]["status"] in inv.TERMINAL:
                     pending.discard(saga_id)
+                    last_terminal = time.monotonic() - t0
             elif code == 404:
                 seen[saga_id] = None
+                not_found_since.setdefault(saga_id, time.monotonic())
         elapsed = time.monotonic() - t0
-        if not pending or elapsed > timeout:
-            return seen, elapsed
+        gone = {s for s, at in not_found_since.items() if time.monotonic() - at > 30}
+        if not (pending - gone) or elapsed > timeout:
+            return seen, (last_terminal if not (pending - gone) else elapsed)
         if elapsed - last_print > 10:
             last_print = elapsed
             log(f"  draining: {len(pending)} not terminal after {elapsed:.0f}s")

@@ -120,6 +120,8 @@ class ClientSaga:
     started_at: float  # epoch seconds, when the API acknowledged it
     cancel_answers: list[str] = field(default_factory=list)  # "200", "409", "error: ..."
     cancel_sent_at: float | None = None
+    start_answer: str = ""  # e.g. "HTTP 201 from api-0"
+    start_attempts: int = 1
 
     @property
     def cancel_200(self) -> bool:
@@ -226,7 +228,7 @@ def check(seen: Observed) -> dict[str, Figure]:
         detail = seen.rest.get(saga_id)
         if detail is None:
             note = "REST: 404" if saga_id in seen.rest else "REST never answered for it"
-            figures["sagas_lost"].add({"saga_id": saga_id, "note": note, "kind": client.kind})
+            figures["sagas_lost"].add(example(saga_id, note))
             continue
         saga = detail["saga"]
         status = saga["status"]
@@ -402,6 +404,7 @@ def describe(seen: Observed, index: _Index, saga_id: str, note: str) -> dict[str
         story["client"] = {
             "kind": client.kind,
             "fail_at": client.fail_at,
+            "started": f"{client.start_answer} after {client.start_attempts} attempt(s)",
             "cancel": (f"{client.cancel_answers} sent {rel(client.cancel_sent_at)}")
             if client.cancel_answers
             else None,

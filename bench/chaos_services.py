@@ -108,7 +108,10 @@ class PrivatePostgres:
                     "\n# saga chaos run: loopback only, a throw-away server\n"
                     f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
                     f"unix_socket_directories = '{self.base}'\n"
-                    "max_connections = 200\nfsync = off\nsynchronous_commit = off\n"
+                    # fsync off: the OS never crashes here, and a PostgreSQL crash (restart
+                    # -m immediate) loses nothing the kernel has. synchronous_commit stays on:
+                    # with it off, such a crash drops the last commits the clients were told of.
+                    "max_connections = 200\nfsync = off\nsynchronous_commit = on\n"
                     "full_page_writes = off\n"
                 )
         self._run(
