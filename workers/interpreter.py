@@ -361,13 +361,17 @@ class Executor:
         if call.attempt == 1:
             run.call_started = time.monotonic()
         metrics.STEP_ATTEMPTS.labels(call.step_name, call.action.value).inc()
+        answers = itertools.count()
+
+        def answered(result: CallResult) -> None:
+            # One answer per attempt: a second one (a caller bug, a duplicated reply) is dropped.
+            if next(answers) == 0:
+                self._on_result(run, call, result)
+            else:
+                log.warning("saga %s: a second answer to one attempt, ignored", call.saga_id)
+
         self._caller.call_async(
-            call.service,
-            call.method,
-            run.body(call),
-            call.timeout_secs,
-            call.metadata,
-            lambda result: self._on_result(run, call, result),
+            call.service, call.method, run.body(call), call.timeout_secs, call.metadata, answered
         )
 
     def _on_result(self, run: _Run, call: CallParticipant, result: CallResult) -> None:

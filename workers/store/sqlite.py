@@ -8,7 +8,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -171,7 +171,16 @@ def _state(row: sqlite3.Row | tuple[Any, ...]) -> SagaState:
 
 
 class SqliteStore(Store):
-    def __init__(self, path: str, *, outbox: bool = False, busy_timeout_secs: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        outbox: bool = False,
+        busy_timeout_secs: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        # `clock` (seconds since the epoch) times leases and outbox claims; tests move it.
+        self._clock = clock
         self._path = path
         self._outbox_on = outbox
         self._busy = busy_timeout_secs
@@ -424,7 +433,7 @@ class SqliteStore(Store):
             .execute(
                 "SELECT 1 FROM saga_states WHERE status IN ('STARTED','RUNNING','COMPENSATING') "
                 "AND (lease_expires_at IS NULL OR lease_expires_at < ?) LIMIT 1",
-                (time.time(),),
+                (self._clock(),),
             )
             .fetchone()
         )
@@ -433,7 +442,7 @@ class SqliteStore(Store):
         with self._write() as conn:
             # The clock is read once the write lock is held: a lease taken after a wait for
             # the lock must not be born already (partly) expired.
-            now = time.time()
+            now = self._clock()
             rows = conn.execute(
                 f"SELECT {_SAGA_COLUMNS}, cancel_requested, lease_owner, lease_token FROM saga_states "
                 "WHERE status IN ('STARTED','RUNNING','COMPENSATING') "
@@ -462,7 +471,7 @@ class SqliteStore(Store):
             return set()
         held: set[str] = set()
         with self._write() as conn:
-            expires = time.time() + lease_secs
+            expires = self._clock() + lease_secs
             for saga_id, token in leases.items():
                 cur = conn.execute(
                     "UPDATE saga_states SET lease_expires_at = ? WHERE id = ? AND lease_owner = ? "
@@ -496,7 +505,7 @@ class SqliteStore(Store):
     ) -> list[CommitResult]:
         results: list[CommitResult] = []
         with self._write() as conn:
-            expires = time.time() + lease_secs
+            expires = self._clock() + lease_secs
             logs: list[tuple[Any, ...]] = []
             events: list[tuple[Any, ...]] = []
             now = time.time()
@@ -582,7 +591,7 @@ class SqliteStore(Store):
         return self._outbox_on
 
     def claim_outbox(self, owner: str, limit: int, lease_secs: float) -> list[OutboxRow]:
-        now = time.time()
+        now = self._clock()
         with self._write() as conn:
             rows = conn.execute(
                 "SELECT seq, event_id, saga_id, event_type, body FROM outbox o "
