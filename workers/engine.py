@@ -17,7 +17,7 @@ from attrs import evolve
 
 from saga.codec import workflow_to_dict
 from saga.errors import Conflict, NotFound, ValidationError
-from saga.model import SagaState, SagaStatus, StepLog, Workflow, new_saga
+from saga.model import SagaState, StepLog, Workflow, new_saga
 from saga.workflow import parse_workflow
 from workers import inputs, metrics
 from workers.config import Config, DatabaseConfig
