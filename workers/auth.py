@@ -9,8 +9,11 @@ What it must never do:
   and the reverse): the algorithm comes from the allow-list and must match the key's own type;
 - let a flood of tokens with unknown `kid`s hammer the JWKS server: an unknown `kid` refreshes
   the key set at most once per `MIN_REFRESH_SECS`, one fetch at a time;
-- hang a request on a dead JWKS server: fetches have a short timeout, and after a failure the
-  next attempt waits `MIN_REFRESH_SECS`.
+- hang a request on a dead or slow JWKS server: a fetch has an overall deadline
+  (`FETCH_TIMEOUT_SECS` for connecting, the headers and the whole body), runs on its own thread
+  without holding the key-set lock, and only a request that needs a key not cached waits for
+  it, never past that deadline; a token whose key is cached verifies at once, even past the
+  TTL while a refresh is in flight. After a failure the next attempt waits `MIN_REFRESH_SECS`.
 
 JWKS outage (a design choice): keys already fetched stay in use past their TTL while the
 server is down (stale-while-error), so an outage breaks nothing for known keys. A token that
@@ -21,6 +24,7 @@ the whole API), and the fetch failure is logged as an error for the operator.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import threading
@@ -99,14 +103,27 @@ class _Key:
 
 
 def fetch_jwks(url: str, timeout: float = FETCH_TIMEOUT_SECS) -> Mapping[str, Any]:
-    """GET the JWKS document at `url`; raise KeysUnavailable on any failure."""
+    """GET the JWKS document at `url` within `timeout` seconds in all (a server trickling its
+    answer is cut off at the deadline); raise KeysUnavailable on any failure."""
+    deadline = time.monotonic() + timeout
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (config URL)
-            raw = response.read(MAX_JWKS_BYTES + 1)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+            read = getattr(response, "read1", response.read)  # read1: at most one wait per chunk
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                if time.monotonic() > deadline:
+                    raise KeysUnavailable(f"{url}: no complete answer within {timeout:g}s")
+                chunk = read(64 * 1024)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_JWKS_BYTES:
+                    raise KeysUnavailable(f"{url}: key set over {MAX_JWKS_BYTES} bytes")
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         raise KeysUnavailable(f"cannot fetch {url}: {exc}") from None
-    if len(raw) > MAX_JWKS_BYTES:
-        raise KeysUnavailable(f"{url}: key set over {MAX_JWKS_BYTES} bytes")
+    raw = b"".join(chunks)
     try:
         document = json.loads(raw)
     except (ValueError, RecursionError):
@@ -139,7 +156,11 @@ def _parse_keys(document: Mapping[str, Any]) -> dict[str, _Key]:
 
 class KeySet:
     """The JWKS endpoint's keys, cached for `ttl_secs`, refreshed on an unknown `kid` at most
-    once per `min_refresh_secs`, and kept (stale) while the endpoint is down."""
+    once per `min_refresh_secs`, and kept (stale) while the endpoint is down.
+
+    A refresh runs on its own thread, one at a time, and the lock is never held while it
+    fetches. A key that is cached answers at once (past the TTL it also starts a refresh in
+    the background); a key that is not waits for the refresh, at most `deadline_secs`."""
 
     def __init__(
         self,
@@ -149,66 +170,98 @@ class KeySet:
         min_refresh_secs: float = MIN_REFRESH_SECS,
         fetch: Callable[[str], Mapping[str, Any]] = fetch_jwks,
         clock: Callable[[], float] = time.monotonic,
+        deadline_secs: float = FETCH_TIMEOUT_SECS,
     ) -> None:
         self._url = url
         self._ttl = ttl_secs
         self._min_refresh = min_refresh_secs
         self._fetch = fetch
         self._clock = clock
-        self._lock = threading.Lock()
+        self._deadline = deadline_secs
+        self._lock = threading.Lock()  # guards the fields below, never held during a fetch
         self._keys: dict[str, _Key] = {}
         self._fetched_at: float | None = None  # last successful fetch
         self._tried_at: float | None = None  # last attempt, successful or not
         self._error: str | None = None  # why the last attempt failed
+        self._refreshing: threading.Event | None = None  # set when the refresh in flight ends
+        self._refresh_ends_by = 0.0  # time.monotonic() past which nobody waits for it
         self.fetches = 0
 
     def get(self, kid: str) -> _Key | None:
         """The key named `kid`, or None if the endpoint does not have it; raise
-        KeysUnavailable when it is not cached and the endpoint cannot be read."""
-        now = self._clock()
+        KeysUnavailable when it is not cached and the endpoint cannot be read in time."""
         key = self._keys.get(kid)
-        fresh = self._fetched_at is not None and now - self._fetched_at < self._ttl
-        if key is not None and fresh:
+        if key is not None:
+            fresh = self._fetched_at is not None and self._clock() - self._fetched_at < self._ttl
+            if not fresh:
+                self._start_refresh()  # in the background: the cached key answers now
             return key
-        with self._lock:
-            key = self._keys.get(kid)
-            now = self._clock()
-            fresh = self._fetched_at is not None and now - self._fetched_at < self._ttl
-            if key is not None and fresh:
-                return key
-            recently = self._tried_at is not None and now - self._tried_at < self._min_refresh
-            if not recently:
-                self._refresh(now)
-            key = self._keys.get(kid)
-            if key is None and self._error is not None:
-                # The endpoint is down: an unknown kid may be a key we could not fetch.
-                raise KeysUnavailable(self._error)
-            return key
+        refresh = self._start_refresh()
+        if refresh is not None:
+            refresh.wait(max(0.0, self._refresh_ends_by - time.monotonic()))
+        key = self._keys.get(kid)
+        if key is None and refresh is not None and not refresh.is_set():
+            raise KeysUnavailable(f"{self._url}: no answer within {self._deadline:g}s")
+        if key is None and self._error is not None:
+            # The endpoint is down: an unknown kid may be a key we could not fetch.
+            raise KeysUnavailable(self._error)
+        return key
 
     def prefetch(self) -> None:
-        """Fetch the keys now (at start-up), so the first request does not wait and a wrong
-        `jwks_url` shows in the log at once; a failure is logged, never raised."""
+        """Fetch the keys now (at start-up, waiting at most the fetch deadline), so the first
+        request does not wait and a wrong `jwks_url` shows in the log at once; a failure is
+        logged, never raised."""
         with self._lock:
-            if self._tried_at is None:
-                self._refresh(self._clock())
+            if self._tried_at is not None:
+                return
+        refresh = self._start_refresh()
+        if refresh is not None:
+            refresh.wait(max(0.0, self._refresh_ends_by - time.monotonic()))
 
-    def _refresh(self, now: float) -> None:
-        self._tried_at = now
-        self.fetches += 1
+    def _start_refresh(self) -> threading.Event | None:
+        """The refresh in flight, or a new one; None when the last attempt was too recent."""
+        with self._lock:
+            if self._refreshing is not None:
+                return self._refreshing
+            now = self._clock()
+            if self._tried_at is not None and now - self._tried_at < self._min_refresh:
+                return None
+            self._tried_at = now
+            self.fetches += 1
+            done = threading.Event()
+            self._refreshing = done
+            self._refresh_ends_by = time.monotonic() + self._deadline
+        threading.Thread(
+            target=self._refresh, args=(now, done), name="jwks-refresh", daemon=True
+        ).start()
+        return done
+
+    def _refresh(self, started: float, done: threading.Event) -> None:
         try:
             keys = _parse_keys(self._fetch(self._url))
         except KeysUnavailable as exc:
-            self._error = str(exc)
+            with self._lock:
+                self._error = str(exc)
+                cached = len(self._keys)
             log.error(
                 "JWKS fetch failed (%s); %s",
                 exc,
-                f"keeping {len(self._keys)} cached keys" if self._keys else "no keys cached",
+                f"keeping {cached} cached keys" if cached else "no keys cached",
             )
-            return
-        self._error = None
-        self._keys = keys
-        self._fetched_at = now
-        log.info("JWKS: %d signing keys from %s", len(keys), self._url)
+        except Exception as exc:  # a bug must not leave the refresh in flight for ever
+            with self._lock:
+                self._error = f"cannot use {self._url}: {exc}"
+            log.exception("JWKS refresh failed")
+        else:
+            with self._lock:
+                self._error = None
+                self._keys = keys
+                self._fetched_at = started
+            log.info("JWKS: %d signing keys from %s", len(keys), self._url)
+        finally:
+            with self._lock:
+                self._refreshing = None
+            done.set()
 
 
 class TokenVerifier:
