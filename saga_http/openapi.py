@@ -18,6 +18,14 @@ from workers.auth import PUBLIC, ROLES_FOR
 from workers.config import Config
 
 _UUID = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+# Strings the server takes hold no NUL (PostgreSQL cannot store one); lone surrogates, which
+# no regex dialect names alike, are refused too (said in the descriptions).
+_NO_NUL = "^[^\\u0000]*$"
+_NO_NUL_TEXT = "no NUL characters or lone surrogates"
+# `Engine.list_sagas` refuses a page past this (a 400, never a clamp).
+MAX_PAGE = 10_000_000
+# Idempotency-Key: 1..255 printable ASCII characters; HTTP drops surrounding spaces.
+_IDEMPOTENCY_KEY = "^[!-~]([ -~]*[!-~])?$"
 _TIMESTAMP = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
 _ERROR_CODES = [
     "SYS_SAGA_VALIDATION_ERROR",
@@ -47,6 +55,38 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"oneOf": [schema, {"type": "null"}]}
 
 
+def _text(max_length: int, *, min_length: int = 0, nullable: bool = False) -> dict[str, Any]:
+    """A request string as the server takes it: bounded, and without NUL."""
+    schema: dict[str, Any] = {
+        "type": ["string", "null"] if nullable else "string",
+        "maxLength": max_length,
+        "pattern": _NO_NUL,
+        "description": _NO_NUL_TEXT,
+    }
+    if min_length:
+        schema["minLength"] = min_length
+    return schema
+
+
+def _example_workflow(config: Config) -> str:
+    """A workflow the server being described accepts: it names a configured service."""
+    service = next(iter(sorted(config.services)), "inventory-service")
+    return (
+        "name: example-order\n"
+        "steps:\n"
+        "  - &reserve\n"
+        "    name: reserve\n"
+        f"    service: {service}\n"
+        "    method: Inventory.Reserve\n"
+        "    compensate: Inventory.Release\n"
+        "    retry: {max_attempts: 3, backoff: exponential, initial_interval_ms: 1000}\n"
+        "  - <<: *reserve\n"
+        "    name: charge\n"
+        "    method: Payment.Charge\n"
+        "    compensate: Payment.Refund\n"
+    )
+
+
 def _schemas(config: Config) -> dict[str, Any]:
     limits = config.limits
     statuses = [s.value for s in SagaStatus]
@@ -59,6 +99,23 @@ def _schemas(config: Config) -> dict[str, Any]:
         "SagaId": {"type": "string", "description": "lower-case UUID", "pattern": _UUID},
         "SagaStatus": {"type": "string", "enum": statuses},
         "JsonObject": {"type": "object", "description": "any JSON object"},
+        # Keywords apply by type: strings take `pattern`, arrays `items`, objects the rest.
+        "JsonValue": {
+            "description": f"any JSON value; strings and keys with {_NO_NUL_TEXT}",
+            "pattern": _NO_NUL,
+            "items": _ref("JsonValue"),
+            "propertyNames": {"pattern": _NO_NUL},
+            "additionalProperties": _ref("JsonValue"),
+        },
+        "Payload": {
+            "type": "object",
+            "description": (
+                f"a JSON object of at most {limits.payload_bytes} bytes serialised and "
+                f"{limits.json_depth} levels deep; strings and keys with {_NO_NUL_TEXT}"
+            ),
+            "propertyNames": {"pattern": _NO_NUL},
+            "additionalProperties": _ref("JsonValue"),
+        },
         "Error": _closed(
             {
                 "error": _closed(
@@ -100,6 +157,7 @@ def _schemas(config: Config) -> dict[str, Any]:
         "StepLog": _closed(
             {
                 "id": {"type": "string", "pattern": _UUID},
+                "saga_id": _ref("SagaId"),
                 "step_index": {"type": "integer", "minimum": 0},
                 "step_name": {"type": "string"},
                 "action": {"type": "string", "enum": ["EXECUTE", "COMPENSATE"]},
@@ -139,20 +197,13 @@ def _schemas(config: Config) -> dict[str, Any]:
             "type": "object",
             "description": "unknown fields are ignored",
             "properties": {
-                "workflow_name": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": limits.string_length,
-                },
+                "workflow_name": _text(limits.string_length, min_length=1),
                 "payload": {
-                    "oneOf": [_ref("JsonObject"), {"type": "null"}],
-                    "description": (
-                        f"default {{}}; at most {limits.payload_bytes} bytes serialised and "
-                        f"{limits.json_depth} levels deep; no NUL or lone surrogates"
-                    ),
+                    "oneOf": [_ref("Payload"), {"type": "null"}],
+                    "description": "default (and null): {}",
                 },
-                "correlation_id": {"type": ["string", "null"], "maxLength": limits.string_length},
-                "initiated_by": {"type": ["string", "null"], "maxLength": limits.string_length},
+                "correlation_id": _text(limits.string_length, nullable=True),
+                "initiated_by": _text(limits.string_length, nullable=True),
             },
             "required": ["workflow_name"],
         },
@@ -170,10 +221,19 @@ def _schemas(config: Config) -> dict[str, Any]:
                 "workflow_yaml": {
                     "type": "string",
                     "minLength": 1,
+                    "maxLength": limits.workflow_bytes,
+                    "pattern": _NO_NUL,
+                    "contentMediaType": "application/yaml",
                     "description": (
-                        f"a workflow definition (SPEC §2), at most {limits.workflow_bytes} "
-                        f"bytes and {limits.workflow_steps} steps"
+                        "a workflow definition (SPEC §2): one YAML document that is a mapping "
+                        "with name and steps, each step naming a configured service, at most "
+                        f"{limits.workflow_bytes} bytes (UTF-8) and {limits.workflow_steps} "
+                        f"steps; {_NO_NUL_TEXT}, in the text or made by an escape. Anchors, "
+                        "aliases and merge keys mean what YAML says (at most 10000 nodes "
+                        "added by aliases); only YAML's standard tags. JSON Schema cannot say "
+                        "which texts are workflows: any other text is a 400 naming the field."
                     ),
+                    "examples": [_example_workflow(config)],
                 }
             },
             "required": ["workflow_yaml"],
@@ -457,17 +517,24 @@ def openapi_document(config: Config) -> dict[str, Any]:
                         "1..255 printable ASCII characters; the same key and body return the "
                         "first saga (200), the same key with another body is a 409"
                     ),
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "schema": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 255,
+                        "pattern": _IDEMPOTENCY_KEY,
+                    },
                 },
                 "SagaIdPath": {
                     "name": "saga_id",
                     "in": "path",
                     "required": True,
                     "description": "a UUID (anything else is a 400)",
-                    "schema": {"type": "string"},
+                    "schema": {"type": "string", "format": "uuid"},
                 },
                 "Page": _query(
-                    "page", {"type": "integer", "minimum": 1, "default": 1}, "1-based page"
+                    "page",
+                    {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1},
+                    "1-based page; out of range is a 400, never a clamp",
                 ),
                 "PageSize": _query(
                     "page_size",
@@ -476,14 +543,14 @@ def openapi_document(config: Config) -> dict[str, Any]:
                 ),
                 "WorkflowName": _query(
                     "workflow_name",
-                    {"type": "string", "maxLength": limits.string_length},
-                    "only sagas of this workflow",
+                    _text(limits.string_length),
+                    "only sagas of this workflow (empty: no filter)",
                 ),
                 "Status": _query("status", _ref("SagaStatus"), "only sagas in this status"),
                 "CorrelationId": _query(
                     "correlation_id",
-                    {"type": "string", "maxLength": limits.string_length},
-                    "only sagas with this correlation id",
+                    _text(limits.string_length),
+                    "only sagas with this correlation id (empty: no filter)",
                 ),
             },
             "responses": {

@@ -28,6 +28,7 @@ def saga_view(state: SagaState) -> dict[str, Any]:
 def step_log_view(log: StepLog) -> dict[str, Any]:
     return {
         "id": log.id,
+        "saga_id": log.saga_id,
         "step_index": log.step_index,
         "step_name": log.step_name,
         "action": log.action.value,

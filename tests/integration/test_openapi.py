@@ -306,7 +306,7 @@ def test_document_is_openapi_31_with_valid_schemas(document: dict[str, Any]) -> 
 def test_response_shapes_are_closed(document: dict[str, Any]) -> None:
     """Every object schema of a response is closed (additionalProperties: false), except the
     JSON objects that carry client payloads."""
-    open_ok = {"JsonObject", "StartSagaRequest", "RegisterWorkflowRequest"}
+    open_ok = {"JsonObject", "Payload", "StartSagaRequest", "RegisterWorkflowRequest"}
     for name, schema in document["components"]["schemas"].items():
         if schema.get("type") == "object" and name not in open_ok:
             assert schema.get("additionalProperties") is False, name
@@ -381,3 +381,19 @@ def test_every_documented_success_was_exercised(
     assert documented <= seen, sorted(documented - seen)
     errors = {s for (_, _, s) in seen if s[0] in "45"}
     assert errors >= {"400", "404", "405", "409", "413", "500"}
+
+
+def test_step_logs_carry_their_saga_id(exchanges: list[Exchange], document: dict[str, Any]) -> None:
+    """StepLog requires saga_id (a SagaId), and every step log the server sent carries the id
+    of the saga it belongs to (SPEC §4)."""
+    step_log = document["components"]["schemas"]["StepLog"]
+    assert "saga_id" in step_log["required"]
+    assert step_log["properties"]["saga_id"] == {"$ref": "#/components/schemas/SagaId"}
+    details = [
+        e.response.json()
+        for e in exchanges
+        if e.template == "/api/v1/sagas/{saga_id}" and e.response.status_code == 200
+    ]
+    logs = [(d["saga"]["saga_id"], g) for d in details for g in d["step_logs"]]
+    assert logs
+    assert all(g["saga_id"] == saga_id for saga_id, g in logs)

@@ -49,6 +49,7 @@ SAGA_FIELDS = {
 }
 STEP_LOG_FIELDS = {
     "id",
+    "saga_id",
     "step_index",
     "step_name",
     "action",
@@ -367,6 +368,7 @@ def test_saga_completes_and_shows_every_field(server: GunicornServer) -> None:
     for log in logs:
         assert set(log) == STEP_LOG_FIELDS
         assert UUID_RE.match(log["id"])
+        assert log["saga_id"] == saga_id
         assert log["error_message"] is None
         assert log["request_payload"] == {"order": 7}
         assert isinstance(log["response_payload"], dict)

@@ -43,12 +43,6 @@ steps:
     service: shop
     method: Shop.Reserve
 """
-MERGE_KEY = """\
-name: merged
-steps:
-  - <<: {service: shop, method: Shop.Reserve}
-    name: a
-"""
 
 
 def workflow(service: str = "shop", method: str = "Shop.Reserve", name: str = "hostile") -> str:
@@ -57,11 +51,14 @@ def workflow(service: str = "shop", method: str = "Shop.Reserve", name: str = "h
 
 # (what, yaml, a word the 400 message must contain)
 HOSTILE_WORKFLOWS = [
-    ("billion laughs", BILLION_LAUGHS, "anchors"),
+    ("billion laughs", BILLION_LAUGHS, "aliases expand"),
+    ("recursive alias", "name: x\nsteps: &a [*a]\n", "alias refers to a node that contains it"),
     ("python object/apply tag", PYTHON_TAG, "tags"),
     ("python name tag", "name: !!python/name:os.system\nsteps: []\n", "tags"),
-    ("merge key", MERGE_KEY, "merge"),
-    ("alias only", "name: x\nsteps: *nothing\n", "aliases"),
+    ("binary tag", "name: !!binary aGk=\nsteps: []\n", "tags"),
+    ("undefined alias", "name: x\nsteps: *nothing\n", "undefined alias"),
+    ("NUL escape", workflow(name='"a\\0b"'), "name: contains a NUL character"),
+    ("surrogate escape", workflow(name='"a\\ud800"'), "name: contains a lone surrogate"),
     ("unconfigured service", workflow(service="billing"), "service not registered"),
     ("address as service", workflow(service="'10.0.0.1:50051'"), "not a service name"),
     ("url as service", workflow(service="'http://evil.test'"), "not a service name"),
@@ -93,6 +90,18 @@ def test_rest_refuses_hostile_workflows(
     assert_error(response, 400, "SYS_SAGA_VALIDATION_ERROR", message)
     assert rest.counts() == before
     assert not MARKER.exists()
+    rest.assert_up()
+
+
+def test_rest_billion_laughs_is_refused_in_well_under_a_second(rest: SecureRest) -> None:
+    """A billion-laughs workflow (10^9 nodes once expanded) is a 400 in under a second, and
+    the server answers the next request at once."""
+    body = json.dumps({"workflow_yaml": BILLION_LAUGHS}).encode()
+    started = time.monotonic()
+    response = rest.request("POST", "/api/v1/workflows", data=body, headers=JSON)
+    elapsed = time.monotonic() - started
+    assert_error(response, 400, "SYS_SAGA_VALIDATION_ERROR", "aliases expand")
+    assert elapsed < 1.0, elapsed
     rest.assert_up()
 
 
