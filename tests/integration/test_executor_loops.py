@@ -1,0 +1,179 @@
+"""The executor's threads under the faults that used to kill them or leave sagas behind:
+a store error right after a claim, a loop dying on an unexpected error, a shutdown while a
+claim is in flight, and a SQLite claim that waited for the write lock."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from saga.model import Step, Workflow, new_saga
+from tests.harness import wait_until
+from workers.interpreter import Executor, WorkflowCatalog
+from workers.participant import CallResult
+from workers.store.memory import MemoryStore
+from workers.store.sqlite import SqliteStore
+
+WF = Workflow("one", (Step("only", "svc", "Svc.Do", compensate="Svc.Undo"),))
+
+
+class AnsweringCaller:
+    """Answers every call at once, successfully, from the calling thread."""
+
+    def call_async(self, service: str, method: str, payload: bytes, timeout_s: float,
+                   metadata: Any, done: Any) -> None:  # fmt: skip
+        done(CallResult(True, {"ok": True}, None, "", 1.0, 11))
+
+
+def _saga(store: Any, wf: Workflow) -> str:
+    saga_id = str(uuid.uuid4())
+    store.create_saga(
+        new_saga(
+            saga_id=saga_id,
+            workflow=wf,
+            payload={},
+            correlation_id=None,
+            initiated_by=None,
+            at=datetime.now(UTC),
+        )
+    )
+    return saga_id
+
+
+def _ended(store: Any, saga_id: str) -> bool:
+    state = store.get_saga(saga_id)
+    return state is not None and state.status.terminal
+
+
+def test_a_store_error_right_after_a_claim_does_not_stop_claiming() -> None:
+    """The workflow read after a claim fails once: the claimer lives on, the saga is given back
+    and later completes, and so does every saga started after it."""
+
+    class FlakyWorkflows(MemoryStore):
+        failures = 1
+
+        def get_workflow(self, name: str, version: int | None = None) -> Workflow | None:
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("store went away")
+            return super().get_workflow(name, version)
+
+    store = FlakyWorkflows()
+    wf = store.register_workflow(WF)
+    first = _saga(store, wf)
+    ex = Executor(
+        store, WorkflowCatalog(store), AnsweringCaller(),  # type: ignore[arg-type]
+        claim_interval_secs=0.02, lease_secs=5,
+    )  # fmt: skip
+    ex.start()
+    try:
+        wait_until(lambda: _ended(store, first), timeout=10, what="the first saga to end")
+        later = _saga(store, wf)
+        ex.wake()
+        wait_until(lambda: _ended(store, later), timeout=10, what="a later saga to end")
+        assert ex.healthy()
+    finally:
+        ex.stop(1)
+
+
+def test_a_loop_that_dies_is_restarted_and_reported_meanwhile() -> None:
+    """A loop killed by an unexpected error shows as not healthy, is restarted, and the executor
+    is healthy again and keeps completing sagas."""
+    store = MemoryStore()
+    wf = store.register_workflow(WF)
+    ex = Executor(
+        store, WorkflowCatalog(store), AnsweringCaller(),  # type: ignore[arg-type]
+        claim_interval_secs=0.02, lease_secs=0.3,
+    )  # fmt: skip
+    real_renew = ex.renew_once
+    calls = {"n": 0}
+    health_after_restart: list[bool] = []
+
+    def dying_renew() -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyError("a bug nobody expected")
+        if calls["n"] == 2:  # restarted, not yet through one round
+            health_after_restart.append(ex.healthy())
+        real_renew()
+
+    ex.renew_once = dying_renew  # type: ignore[method-assign]
+
+    def renew_loop() -> None:  # the real loop's shape, quicker, reporting after each round
+        while not ex._stopping.wait(0.02):
+            ex.renew_once()
+            ex._beat("renewer")
+
+    ex._renew_loop = renew_loop  # type: ignore[method-assign]
+    ex.start()
+    try:
+        wait_until(lambda: calls["n"] >= 3, timeout=10, what="the renewer to run again")
+        assert health_after_restart == [False]
+        assert "renewer" not in ex.down()
+        wait_until(ex.healthy, timeout=5, what="the executor to be healthy again")
+        saga = _saga(store, wf)
+        ex.wake()
+        wait_until(lambda: _ended(store, saga), timeout=10, what="a saga to end")
+    finally:
+        ex.stop(1)
+
+
+def test_stop_waits_for_a_claim_in_flight_and_gives_its_sagas_back() -> None:
+    """A shutdown that begins while a claim is in flight leaves no saga leased to the stopped
+    executor: another executor can claim it at once."""
+    release_claim = threading.Event()
+    claim_started = threading.Event()
+
+    class SlowClaims(MemoryStore):
+        def claim(self, owner: str, limit: int, lease_secs: float) -> list[Any]:
+            claim_started.set()
+            release_claim.wait(5)
+            return super().claim(owner, limit, lease_secs)
+
+    store = SlowClaims()
+    wf = store.register_workflow(WF)
+    saga_id = _saga(store, wf)
+
+    class Silent:
+        def call_async(self, *args: Any) -> None:  # never answers: the saga stays held
+            return None
+
+    ex = Executor(store, WorkflowCatalog(store), Silent(), lease_secs=60)  # type: ignore[arg-type]
+    ex.start()
+    assert claim_started.wait(5)
+    stopper = threading.Thread(target=ex.stop, args=(0.2,))
+    stopper.start()
+    time.sleep(0.1)
+    release_claim.set()
+    stopper.join(10)
+    assert not stopper.is_alive()
+    other = MemoryStore.claim(store, "another", 10, 60)
+    assert [c.state.saga_id for c in other] == [saga_id]
+
+
+def test_sqlite_lease_is_timed_from_when_the_write_lock_was_held(tmp_path: Path) -> None:
+    """A claim that waited for the SQLite write lock takes a lease counted from the moment it
+    got the lock, not from before the wait."""
+    now = {"t": 1_000.0}
+    path = tmp_path / "claim.sqlite3"
+    store = SqliteStore(str(path), clock=lambda: now["t"])
+    wf = store.register_workflow(WF)
+    _saga(store, wf)
+    blocker = sqlite3.connect(str(path), isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    got: list[Any] = []
+    claimer = threading.Thread(target=lambda: got.extend(store.claim("ex-1", 10, 30)))
+    claimer.start()
+    time.sleep(0.3)  # the claim is now waiting for the lock
+    now["t"] = 1_025.0  # 25 s "pass" while it waits
+    blocker.execute("COMMIT")
+    claimer.join(10)
+    assert len(got) == 1
+    expires = blocker.execute("SELECT lease_expires_at FROM saga_states").fetchone()[0]
+    assert expires == 1_025.0 + 30
+    store.close()
