@@ -3,6 +3,8 @@
 Read by the master, which only reads the config file here (a bad one stops it with one line
 and exit status 2) and connects to nothing. Each worker builds its own Flask app and engine
 right after the fork (`post_worker_init`) and closes the engine when it exits (`worker_exit`).
+A worker that cannot build them (the store is down) retries with backoff until it can: it
+must not fail to boot, which would halt the master (and `saga serve`) for a passing outage.
 
 - bind: `server.host:server.port` (env `SAGA_SERVER_HOST` / `SAGA_SERVER_PORT` override, as
   for every config key; gunicorn's own `--bind` wins over both);
@@ -17,7 +19,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 
+from workers.config import ConfigError
 from workers.process import load_or_exit
 
 _config = load_or_exit(os.environ.get("CONFIG_PATH"))
@@ -44,17 +48,37 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ[_OWNED] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
+# Backoff between attempts of a worker to build its engine: 0.5 s, doubling, at most 10 s.
+BUILD_RETRY_FIRST_SECS = 0.5
+BUILD_RETRY_MAX_SECS = 10.0
+
+
 def post_worker_init(worker):  # type: ignore[no-untyped-def]
     """Build this worker's app and engine now, not on the first request, so it executes
-    sagas from the start; a failure here stops the whole server ("Worker failed to boot")."""
+    sagas from the start. While that fails (the store is unreachable) retry with backoff,
+    telling the master we are alive, and serve nothing; stop trying when the worker is told to
+    exit. Only a bad config fails the boot (and stops the server), as at any start."""
     build = getattr(worker.wsgi, "build", None)
     if build is None:
         return
-    try:
-        build()
-    except Exception as exc:
-        worker.log.error("saga REST worker cannot start: %s", exc)
-        raise RuntimeError(f"saga REST worker cannot start: {exc}") from exc
+    delay = BUILD_RETRY_FIRST_SECS
+    while True:
+        try:
+            build()
+            return
+        except ConfigError as exc:
+            worker.log.error("saga REST worker cannot start: %s", exc)
+            raise RuntimeError(f"saga REST worker cannot start: {exc}") from exc
+        except Exception as exc:
+            worker.log.error("saga REST worker cannot start: %s; retrying in %.1fs", exc, delay)
+        resume = time.monotonic() + delay
+        while time.monotonic() < resume:
+            if not worker.alive or worker.ppid != os.getppid():
+                worker.alive = False  # run() then returns at once and the worker exits
+                return
+            worker.notify()  # the master kills a worker that stays silent past `timeout`
+            time.sleep(min(0.1, max(0.0, resume - time.monotonic())))
+        delay = min(BUILD_RETRY_MAX_SECS, delay * 2)
 
 
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]

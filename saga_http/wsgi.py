@@ -34,7 +34,8 @@ class LazyApp:
 
     def build(self) -> Flask:
         """Build (once in this process) and return the Flask app; raise on a bad config or an
-        unreachable store, so a worker that cannot serve fails to boot."""
+        unreachable store, leaving nothing built, so the caller may try again (gunicorn.conf.py
+        retries an unreachable store with backoff and fails the boot on a bad config)."""
         with self._lock:
             if self._app is None or self._pid != os.getpid():
                 # An app inherited through fork is dropped, not closed: its threads did not
