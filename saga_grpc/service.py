@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -295,8 +296,11 @@ def decode_payload(raw: bytes) -> Any:
     misread a Struct: every entry of a non-empty Struct is a map entry whose value field has
     the tag byte 0x12, and a valid JSON text never contains that byte (a raw control
     character is allowed neither between tokens nor inside a string), so no Struct an encoder
-    writes is also a valid JSON text. Bytes that are not JSON must then be a *strict* Struct
-    (`struct_payload`); anything else is INVALID_ARGUMENT naming `payload`."""
+    writes is also a valid JSON text. The converse does happen: some JSON texts parse as a
+    *lax* Struct (`\\n\\r\\n\\t{"abc":1}  ` is one entry whose value has no kind, plus an
+    unknown field), and trying JSON first reads them as the JSON they are. Bytes that are not
+    JSON must then be a *strict* Struct (`struct_payload`); anything else is INVALID_ARGUMENT
+    naming `payload`."""
     if not raw:
         return {}
     nested_too_deeply = False
@@ -356,7 +360,8 @@ def _json_value(item: struct_pb2.Value) -> Any:
         return None
     if kind == "number_value":
         number = item.number_value
-        if number.is_integer() and abs(number) <= _EXACT_INTEGER:
+        # -0.0 stays a float: as an integer it would lose its sign (and fail the round trip).
+        if number.is_integer() and abs(number) <= _EXACT_INTEGER and math.copysign(1, number) > 0:
             return int(number)
         return number
     if kind == "string_value":
