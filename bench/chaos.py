@@ -509,6 +509,7 @@ class Faults(threading.Thread):
         self.plan = self._plan()
         self.done: list[dict[str, Any]] = []
         self.errors: list[str] = []
+        self.skipped: list[dict[str, Any]] = []
         self.halt = threading.Event()
         self._heap: list[tuple[float, int, str, Callable[[], None]]] = []
         self._seq = 0
@@ -588,6 +589,10 @@ class Faults(threading.Thread):
         self.done.append(fault)
         return fault
 
+    def _skip(self, kind: str, why: str) -> None:
+        self.skipped.append({"kind": kind, "offset_s": round(self._now(), 2), "why": why})
+        log(f"[{self._now():6.1f}s] skip {kind}: {why}")
+
     def _recover_at(self, delay: float, what: str, fn: Callable[[], None]) -> None:
         self._schedule(self._now() + delay, f"recover {what}", fn)
 
@@ -596,7 +601,7 @@ class Faults(threading.Thread):
         if kind in ("worker_sigkill", "worker_sigstop"):
             live = topo.live_workers()
             if len(live) <= 1:  # keep one worker driving sagas
-                log(f"[{self._now():6.1f}s] skip {kind}: only {len(live)} worker running")
+                self._skip(kind, f"only {len(live)} worker running")
                 return
             i = rng.choice(live)
             if kind == "worker_sigkill":
@@ -636,7 +641,7 @@ class Faults(threading.Thread):
             kafka = topo.kafka
             assert kafka is not None
             if not kafka.running or (self._broker_thread and self._broker_thread.is_alive()):
-                log(f"[{self._now():6.1f}s] skip broker_stop: the broker is already down")
+                self._skip(kind, "the broker is already down")
                 return
             down = round(rng.uniform(5.0, 15.0), 2)
             kafka.stop()
@@ -950,6 +955,7 @@ def _summarise(
         "faults_by_kind": {k: sum(1 for f in faults.done if f["kind"] == k) for k in FAULTS},
         "faults": faults.done,
         "fault_errors": faults.errors,
+        "faults_skipped": faults.skipped,
         "drain_s": round(drain_s, 1),
         "events_drain_s": round(events_s, 1),
         "topic_records": len(events),

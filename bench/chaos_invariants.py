@@ -72,11 +72,11 @@ EVENT_STATUS = {
 MUST_BE_ZERO: tuple[tuple[str, str], ...] = (
     ("sagas_lost", "every saga the API acknowledged is found over REST"),
     ("sagas_stuck", "after the faults and the drain period, every saga is terminal"),
-    ("steps_applied_twice", "the participant applied each <saga>:<step>:EXECUTE at most once"),
+    ("steps_applied_twice", "the participant applied each `<saga>:<step>:EXECUTE` at most once"),
     ("steps_logged_twice", "at most one EXECUTE and one COMPENSATE step log per step"),
     (
         "calls_with_wrong_key",
-        "every participant call carries idempotency-key <x-saga-id>:<x-saga-step>:<x-saga-action>",
+        "every participant call carries `idempotency-key` = `<x-saga-id>:<x-saga-step>:<x-saga-action>`",
     ),
     ("completed_with_step_not_applied", "a COMPLETED saga had every step's EXECUTE applied"),
     (
@@ -89,7 +89,7 @@ MUST_BE_ZERO: tuple[tuple[str, str], ...] = (
     ("cancels_200_completed", "a cancel answered 200 never ends COMPLETED"),
     ("events_missing", "every event type of the saga's final status is on the topic"),
     ("events_out_of_order", "per saga, event types arrive in commit order"),
-    ("events_doubled", "each event type at most once per saga (after de-duplication by event_id)"),
+    ("events_doubled", "each event type at most once per saga, after de-duplication by `event_id`"),
     (
         "events_unexpected",
         "no event type the final status rules out; key = saga id; status fits the type",
@@ -98,7 +98,7 @@ MUST_BE_ZERO: tuple[tuple[str, str], ...] = (
 ALLOWED: tuple[tuple[str, str], ...] = (
     (
         "compensations_of_unapplied_steps",
-        "COMPENSATE applied for a step whose EXECUTE was never applied (SPEC §1/§3: allowed)",
+        "COMPENSATE applied for a step whose EXECUTE was never applied (allowed: SPEC §1, §3)",
     ),
     ("redeliveries", "calls for a key the participant had already applied (at-least-once)"),
     (
