@@ -844,6 +844,7 @@ def main(argv: list[str] | None = None) -> int:
             "behaviour": behaviour(),
             "drain_timeout_s": args.drain_timeout,
         },
+        "code": _code(),
     }
     log(
         f"saga chaos {stamp}: {args.minutes:g} min, seed {args.seed}, {args.rate:g} sagas/s, "
@@ -963,6 +964,30 @@ def _summarise(
         "participant_keys_applied": len(record.get("applied", {})),
         "figures": {name: asdict(fig) for name, fig in figures.items()},
         "violations": inv.violations(figures),
+    }
+
+
+def _code() -> dict[str, Any]:
+    """The commit the run measured, and whether the working tree differed from it."""
+    import subprocess
+
+    def git(*argv: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", *argv], cwd=c.ROOT, capture_output=True, text=True, timeout=30
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout if done.returncode == 0 else ""
+
+    changed = [
+        line[3:]
+        for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
+        if line[3:].endswith(".py")
+    ]
+    return {
+        "commit": git("rev-parse", "--short=12", "HEAD").strip() or None,
+        "modified_files": changed,
     }
 
 

@@ -65,7 +65,7 @@ def render(latest: dict[str, Any], runs: list[dict[str, Any]], base: Path) -> st
         f"processes; {m.get('cores', '?')} cores ({m.get('cpu_model', '?')}), shared with other "
         f"work (load average at start {_load(m)}); "
         f"{str(m.get('postgres', 'PostgreSQL ?')).split(' on ')[0]}, Kafka {m.get('kafka') or '?'}. "
-        f"Whole run {latest.get('total_s', '?')} s."
+        f"Whole run {latest.get('total_s', '?')} s. {_code(latest)}"
     )
     add("")
     add("| figure | what must hold | value |")
@@ -188,8 +188,11 @@ def render(latest: dict[str, Any], runs: list[dict[str, Any]], base: Path) -> st
     add("")
     add("## Runs")
     add("")
-    add("| run | minutes | seed | sagas | faults | violations | drain (s) | non-zero invariants |")
-    add("|---|---:|---:|---:|---:|---:|---:|---|")
+    add(
+        "| run | commit | minutes | seed | sagas | faults | violations | drain (s) "
+        "| non-zero invariants |"
+    )
+    add("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for run in runs:
         bad = ", ".join(
             f"{n} {f['count']}"
@@ -197,12 +200,24 @@ def render(latest: dict[str, Any], runs: list[dict[str, Any]], base: Path) -> st
             if f["must_be_zero"] and f["count"]
         )
         add(
-            f"| `{_rel(run['_path'], base)}` | {run['settings']['minutes']:g} | {run['settings']['seed']} | "
+            f"| `{_rel(run['_path'], base)}` | {(run.get('code') or {}).get('commit') or '?'}"
+            f"{'+' if (run.get('code') or {}).get('modified_files') else ''} "
+            f"| {run['settings']['minutes']:g} | {run['settings']['seed']} | "
             f"{run['sagas_started']:,} | {run['faults_injected']} | {run['violations']} | "
             f"{run['drain_s']:.1f} | {bad or '—'} |"
         )
     add("")
     return "\n".join(lines)
+
+
+def _code(run: dict[str, Any]) -> str:
+    code = run.get("code") or {}
+    if not code.get("commit"):
+        return ""
+    modified = code.get("modified_files") or []
+    if modified:
+        return f"Code: commit `{code['commit']}` with {len(modified)} modified file(s): {', '.join(modified)}."
+    return f"Code: commit `{code['commit']}`, unmodified."
 
 
 def _load(machine: dict[str, Any]) -> str:
