@@ -818,6 +818,8 @@ def main(argv: list[str] | None = None) -> int:
         p for p in (str(c.ROOT), os.environ.get("PYTHONPATH", "")) if p
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # Ctrl-C stops the run even when started from a shell that ignores SIGINT for its jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     seconds = args.minutes * 60.0
     workdir = Path(tempfile.mkdtemp(prefix=f"saga-chaos-{stamp}-"))
