@@ -1033,4 +1033,8 @@ def _print(results: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        log("interrupted; every process of the run was stopped")
+        sys.exit(130)
