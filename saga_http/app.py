@@ -86,6 +86,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/v1/sagas/<saga_id>/compensate", "compensate_saga", "cancel_saga", WRITE),
     Route("POST", "/api/v1/workflows", "register_workflow", "register_workflow", WRITE),
     Route("GET", "/api/v1/workflows", "list_workflows", "list_workflows", READ),
+    Route("GET", "/api/v1/stats", "stats", "stats", READ),
     Route("GET", "/api/v1/openapi.json", "openapi", "openapi", PUBLIC),
 )
 
@@ -262,6 +263,13 @@ class _Api:
     def list_workflows(self) -> Response:
         workflows = self.engine.list_workflows()
         return reply({"workflows": [views.workflow_summary_view(w) for w in workflows]})
+
+    def stats(self) -> Response:
+        if request.args:
+            raise ValidationError(
+                f"unknown query parameter(s): {', '.join(sorted(request.args))}; none allowed"
+            )
+        return reply(self.engine.stats())
 
     def openapi(self) -> Response:
         if self._openapi is None:

@@ -254,6 +254,38 @@ def _schemas(config: Config) -> dict[str, Any]:
             }
         ),
         "WorkflowList": _closed({"workflows": {"type": "array", "items": _ref("WorkflowSummary")}}),
+        "Stats": _closed(
+            {
+                "counts": _closed(
+                    {s.value: {"type": "integer", "minimum": 0} for s in SagaStatus},
+                    [s.value for s in SagaStatus],
+                ),
+                "activity": {
+                    "type": "array",
+                    "description": "the last 60 minutes, oldest first, the current minute last",
+                    "items": _closed(
+                        {
+                            "minute": {"type": "string", "format": "date-time"},
+                            "started": {"type": "integer", "minimum": 0},
+                            "ended": {
+                                "type": "integer",
+                                "minimum": 0,
+                                "description": "sagas that reached a terminal status",
+                            },
+                        },
+                        ["minute", "started", "ended"],
+                    ),
+                },
+                "outbox": _closed(
+                    {
+                        "backlog": {"type": "integer", "minimum": 0},
+                        "oldest_age_secs": {"type": ["number", "null"], "minimum": 0},
+                    },
+                    ["backlog", "oldest_age_secs"],
+                ),
+            },
+            ["counts", "activity", "outbox"],
+        ),
     }
 
 
@@ -415,6 +447,15 @@ def _paths() -> dict[str, Any]:
                 {"200": _response("workflows", _ref("WorkflowList"))},
                 tag="workflows",
             ),
+        },
+        "/api/v1/stats": {
+            "get": _operation(
+                "getStats",
+                "Sagas by status, started and ended per minute over the last hour, outbox backlog",
+                {"200": _response("the figures", _ref("Stats"))},
+                errors=("400", "500"),
+                tag="operations",
+            )
         },
         "/api/v1/openapi.json": {
             "get": _operation(

@@ -10,14 +10,15 @@ import hashlib
 import json
 import logging
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from attrs import evolve
 
-from saga.codec import workflow_to_dict
+from saga.codec import format_timestamp, workflow_to_dict
 from saga.errors import Conflict, NotFound, ValidationError
-from saga.model import SagaState, StepLog, Workflow, new_saga
+from saga.model import SagaState, SagaStatus, StepLog, Workflow, new_saga
 from saga.workflow import parse_workflow
 from workers import inputs, metrics
 from workers.config import Config, DatabaseConfig
@@ -253,6 +254,27 @@ class Engine:
             ),
         )
         return self.store.list_sagas(filters, number, size)
+
+    def stats(self, minutes: int = 60) -> dict[str, Any]:
+        """Counts by status, sagas started and ended in each of the last `minutes` minutes
+        (oldest first, the current minute last), and the outbox backlog."""
+        now = utc_now().replace(second=0, microsecond=0)
+        since = now - timedelta(minutes=minutes - 1)
+        stats = self.store.stats(since)
+        backlog, oldest = self.store.outbox_stats()
+        minutes_list = [since + timedelta(minutes=i) for i in range(minutes)]
+        return {
+            "counts": {status.value: stats.counts.get(status, 0) for status in SagaStatus},
+            "activity": [
+                {
+                    "minute": format_timestamp(m),
+                    "started": stats.started.get(m, 0),
+                    "ended": stats.ended.get(m, 0),
+                }
+                for m in minutes_list
+            ],
+            "outbox": {"backlog": backlog, "oldest_age_secs": oldest},
+        }
 
     def cancel_saga(self, saga_id: Any) -> SagaState:
         """Ask a STARTED or RUNNING saga to stop; the executor compensates at the next boundary."""

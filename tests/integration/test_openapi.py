@@ -174,6 +174,7 @@ def exchanges(app: Flask, config: Config) -> list[Exchange]:
         r.call("POST", "/api/v1/workflows", json={"workflow_yaml": "steps: ["})
         r.call("POST", "/api/v1/workflows", data=b"{" * (2 * 1024 * 1024))
         r.call("GET", "/api/v1/workflows")
+        r.call("GET", "/api/v1/stats")
         key = {"Idempotency-Key": str(uuid.uuid4())}
         body = {"workflow_name": "doc-order", "payload": {"n": 1}, "correlation_id": "doc"}
         done = r.call("POST", sagas, json=body, headers=key).json()["saga_id"]

@@ -899,3 +899,23 @@ def test_internal_error_is_500_without_details(
         assert leak not in response.text
     logged = [r for r in caplog.records if getattr(r, "request_id", None) == "trace-me"]
     assert logged and logged[0].exc_info is not None
+
+
+def test_stats_answer_counts_an_hour_of_minutes_and_the_outbox(server: GunicornServer) -> None:
+    """/api/v1/stats has every status, 60 minutes oldest first ending now, and the outbox; a
+    saga started now shows in the last minute and in its status count."""
+    before = requests.get(f"{server.base}/api/v1/stats", timeout=10).json()
+    start(server, payload={"n": 1})
+    got = requests.get(f"{server.base}/api/v1/stats", timeout=10)
+    assert got.status_code == 200
+    body = got.json()
+    assert set(body["counts"]) == {
+        "STARTED", "RUNNING", "COMPLETED", "COMPENSATING", "FAILED", "CANCELLED"
+    } | ({"PAUSED"} if "PAUSED" in body["counts"] else set())  # fmt: skip
+    assert sum(body["counts"].values()) == sum(before["counts"].values()) + 1
+    minutes = [m["minute"] for m in body["activity"]]
+    assert len(minutes) == 60 and minutes == sorted(minutes)
+    assert sum(m["started"] for m in body["activity"][-2:]) >= 1
+    assert set(body["outbox"]) == {"backlog", "oldest_age_secs"}
+    bad = requests.get(f"{server.base}/api/v1/stats?x=1", timeout=10)
+    assert_error(bad, 400, "SYS_SAGA_VALIDATION_ERROR", "unknown query parameter")

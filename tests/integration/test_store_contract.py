@@ -1317,3 +1317,29 @@ def test_a_replayed_commit_writes_nothing_twice(outbox_store: Store, clock: Cloc
         "SAGA_RUNNING",
         "SAGA_COMPLETED",
     ]
+
+
+# ---------------------------------------------------------------- stats
+
+
+def test_stats_count_statuses_and_minutes(store: Store, wf: Workflow, clock: Clock) -> None:
+    """Counts cover every status; started counts by created_at minute from `since` on, ended
+    counts terminal sagas by the minute they ended."""
+    old = make_saga(store, wf, clock.now - timedelta(hours=2))
+    since = clock.now.replace(second=0, microsecond=0)
+    fresh = [make_saga(store, wf, clock()) for _ in range(3)]
+    done = _run_to_last_boundary(store, wf, clock)
+    done.resume()
+    assert done.committed.status is SagaStatus.COMPLETED
+    stats = store.stats(since)
+    assert set(stats.counts) == set(SagaStatus)
+    assert stats.counts[SagaStatus.STARTED] == 4
+    assert stats.counts[SagaStatus.COMPLETED] == 1
+    assert sum(stats.counts.values()) == 5
+    assert sum(stats.started.values()) == 4  # the three fresh ones and the completed one
+    assert sum(stats.ended.values()) == 1
+    ended_minute = done.committed.updated_at.astimezone(UTC).replace(second=0, microsecond=0)
+    assert stats.ended == {ended_minute: 1}
+    for minute in stats.started:
+        assert minute.second == 0 and minute.microsecond == 0 and minute >= since
+    assert old.saga_id not in [s.saga_id for s in fresh]

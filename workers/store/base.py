@@ -12,7 +12,8 @@ executor whose lease was taken over changes nothing and reports `fenced`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from attrs import frozen
@@ -102,6 +103,16 @@ class CommitResult:
 
 
 @frozen
+class SagaStats:
+    """How many sagas are in each status, and how many started and ended in each minute since
+    a given time (minutes with none are absent)."""
+
+    counts: Mapping[SagaStatus, int]
+    started: Mapping[datetime, int]
+    ended: Mapping[datetime, int]
+
+
+@frozen
 class OutboxRow:
     seq: int
     event_id: str
@@ -152,6 +163,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_sagas(self, filters: SagaFilter, page: int, page_size: int) -> SagaPage:
         """One page of sagas matching every given filter, newest first (created_at, then id)."""
+
+    @abc.abstractmethod
+    def stats(self, since: datetime) -> SagaStats:
+        """Counts by status (every status present, 0 for none), and sagas started (by
+        `created_at`) and ended (terminal, by `updated_at`) per UTC minute from `since` on.
+        Reads indexes only: cheap at a million sagas."""
 
     @abc.abstractmethod
     def request_cancel(self, saga_id: str) -> CancelOutcome | None:

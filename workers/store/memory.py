@@ -6,11 +6,20 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 from attrs import evolve
 
-from saga.model import ACTIVE_STATUSES, CANCELLABLE_STATUSES, SagaState, StepLog, Workflow
+from saga.model import (
+    ACTIVE_STATUSES,
+    CANCELLABLE_STATUSES,
+    SagaState,
+    SagaStatus,
+    StepLog,
+    Workflow,
+)
 from workers.store.base import (
     CancelOutcome,
     Claimed,
@@ -19,9 +28,14 @@ from workers.store.base import (
     OutboxRow,
     SagaFilter,
     SagaPage,
+    SagaStats,
     Store,
 )
 from workers.store.events import event_body
+
+
+def _minute(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(second=0, microsecond=0)
 
 
 class _Row:
@@ -133,6 +147,20 @@ class MemoryStore(Store):
             return SagaPage((), len(rows), page, page_size)
         rows.sort(key=lambda s: (s.created_at, s.saga_id), reverse=True)
         return SagaPage(tuple(rows[start : start + page_size]), len(rows), page, page_size)
+
+    def stats(self, since: datetime) -> SagaStats:
+        counts = dict.fromkeys(SagaStatus, 0)
+        started: Counter[datetime] = Counter()
+        ended: Counter[datetime] = Counter()
+        with self._lock:
+            for row in self._sagas.values():
+                state = row.state
+                counts[state.status] += 1
+                if state.created_at >= since:
+                    started[_minute(state.created_at)] += 1
+                if state.terminal and state.updated_at >= since:
+                    ended[_minute(state.updated_at)] += 1
+        return SagaStats(counts, dict(started), dict(ended))
 
     def request_cancel(self, saga_id: str) -> CancelOutcome | None:
         with self._lock:

@@ -52,6 +52,7 @@ from workers.store.base import (
     OutboxRow,
     SagaFilter,
     SagaPage,
+    SagaStats,
     Store,
     StoreRefused,
     refusal_reason,
@@ -128,6 +129,20 @@ _REQUEST_CANCEL = f"""
 UPDATE {{schema}}.saga_states SET cancel_requested = TRUE
 WHERE id = %(id)s AND status IN ({_CANCELLABLE})
 RETURNING {_STATE_COLUMNS}
+"""
+
+_STATUS_COUNTS = """
+SELECT status, COALESCE(sum(n), 0) AS n FROM {schema}.saga_counts GROUP BY status
+"""
+
+_STARTED_BY_MINUTE = """
+SELECT date_trunc('minute', created_at) AS minute, count(*) AS n FROM {schema}.saga_states
+WHERE created_at >= %s GROUP BY 1
+"""
+
+_ENDED_BY_MINUTE = """
+SELECT date_trunc('minute', updated_at) AS minute, count(*) AS n FROM {schema}.saga_states
+WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED') AND updated_at >= %s GROUP BY 1
 """
 
 _IS_CANCEL_REQUESTED = "SELECT cancel_requested FROM {schema}.saga_states WHERE id = %s"
@@ -506,6 +521,9 @@ class PostgresStore(Store):
         self._get_step_logs = q(_GET_STEP_LOGS)
         self._request_cancel = q(_REQUEST_CANCEL)
         self._is_cancel_requested = q(_IS_CANCEL_REQUESTED)
+        self._status_counts = q(_STATUS_COUNTS)
+        self._started_by_minute = q(_STARTED_BY_MINUTE)
+        self._ended_by_minute = q(_ENDED_BY_MINUTE)
         self._claim = q(_CLAIM)
         self._renew = q(_RENEW)
         self._release = q(_RELEASE)
@@ -637,6 +655,18 @@ class PostgresStore(Store):
             page=page,
             page_size=page_size,
         )
+
+    def stats(self, since: datetime) -> SagaStats:
+        counts = dict.fromkeys(SagaStatus, 0)
+        with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(self._status_counts)
+            for row in cur.fetchall():
+                counts[SagaStatus(row["status"])] = int(row["n"])
+            cur.execute(self._started_by_minute, (since,))
+            started = {_utc_required(r["minute"]): int(r["n"]) for r in cur.fetchall()}
+            cur.execute(self._ended_by_minute, (since,))
+            ended = {_utc_required(r["minute"]): int(r["n"]) for r in cur.fetchall()}
+        return SagaStats(counts, started, ended)
 
     def request_cancel(self, saga_id: str) -> CancelOutcome | None:
         sid = _uuid(saga_id)

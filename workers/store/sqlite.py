@@ -31,6 +31,7 @@ from workers.store.base import (
     OutboxRow,
     SagaFilter,
     SagaPage,
+    SagaStats,
     Store,
     StoreRefused,
     refusal_reason,
@@ -121,6 +122,14 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX idx_outbox_unpublished ON outbox (seq) WHERE published_at IS NULL;
         """,
     ),
+    (
+        2,
+        "ended_index",
+        """
+        CREATE INDEX idx_saga_states_ended ON saga_states (updated_at)
+            WHERE status IN ('COMPLETED','FAILED','CANCELLED');
+        """,
+    ),
 ]
 
 _SAGA_COLUMNS = (
@@ -168,6 +177,12 @@ def _state(row: sqlite3.Row | tuple[Any, ...]) -> SagaState:
         updated_at=updated,
         compensation=compensation_from_dict(_unjson(row[11])),
     )
+
+
+def _by_minute(rows: Sequence[tuple[str, int]]) -> dict[datetime, int]:
+    return {
+        datetime.strptime(minute, "%Y-%m-%dT%H:%M").replace(tzinfo=UTC): n for minute, n in rows
+    }
 
 
 class SqliteStore(Store):
@@ -398,6 +413,24 @@ class SqliteStore(Store):
             [*params, page_size, offset],
         ).fetchall()
         return SagaPage(tuple(_state(r) for r in rows), total, page, page_size)
+
+    def stats(self, since: datetime) -> SagaStats:
+        conn = self._conn()
+        counts = dict.fromkeys(SagaStatus, 0)
+        for status, n in conn.execute("SELECT status, count(*) FROM saga_states GROUP BY status"):
+            counts[SagaStatus(status)] = n
+        start = _ts(since)
+        started = conn.execute(
+            "SELECT substr(created_at, 1, 16), count(*) FROM saga_states "
+            "WHERE created_at >= ? GROUP BY 1",
+            (start,),
+        ).fetchall()
+        ended = conn.execute(
+            "SELECT substr(updated_at, 1, 16), count(*) FROM saga_states "
+            "WHERE status IN ('COMPLETED','FAILED','CANCELLED') AND updated_at >= ? GROUP BY 1",
+            (start,),
+        ).fetchall()
+        return SagaStats(counts, _by_minute(started), _by_minute(ended))
 
     def request_cancel(self, saga_id: str) -> CancelOutcome | None:
         with self._write() as conn:
