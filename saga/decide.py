@@ -232,7 +232,8 @@ def _on_commit_refused(state: SagaState, wf: Workflow, event: Any) -> Decision:
 
     What the refused commit recorded is lost, so the saga is failed the safe way: the step it
     was recording may have taken effect and is compensated (or, for a compensation, counted as
-    failed). A second refusal in a row ends the saga FAILED with nothing more to write.
+    failed), and its log says why, without the data that could not be kept. A second refusal
+    in a row ends the saga FAILED with nothing more to write.
     """
     assert isinstance(event, CommitRefused)
     at = event.at
@@ -242,18 +243,41 @@ def _on_commit_refused(state: SagaState, wf: Workflow, event: Any) -> Decision:
         return _abandon(state, at, reason)
     if state.status is SagaStatus.RUNNING:
         if state.current_step < len(wf.steps):
-            step = wf.steps[state.current_step]
-            cause = f"step {step.name} failed: {INVALID_RESPONSE}: {reason}"
+            index = state.current_step
+            error = f"{INVALID_RESPONSE}: {reason}"
+            log = _refused_log(state, wf, index, Action.EXECUTE, at, error)
+            cause = f"step {wf.steps[index].name} failed: {error}"
             return _start_compensation(
-                state, wf, at, cancelled=False, cause=cause, logs=(), in_doubt=True
+                state, wf, at, cancelled=False, cause=cause, logs=(log,), in_doubt=True
             )
         return _start_compensation(state, wf, at, cancelled=False, cause=reason, logs=())
     assert comp is not None
     if not comp.pending:
         return _abandon(state, at, reason)
-    name = wf.steps[comp.pending[0]].name
-    comp = evolve(comp, pending=comp.pending[1:], failures=(*comp.failures, f"{name} ({reason})"))
-    return _compensate_next(evolve(state, compensation=comp), wf, at, logs=(), events=())
+    index = comp.pending[0]
+    log = _refused_log(state, wf, index, Action.COMPENSATE, at, reason)
+    failure = f"{wf.steps[index].name} ({reason})"
+    comp = evolve(comp, pending=comp.pending[1:], failures=(*comp.failures, failure))
+    return _compensate_next(evolve(state, compensation=comp), wf, at, logs=(log,), events=())
+
+
+def _refused_log(
+    state: SagaState, wf: Workflow, index: int, action: Action, at: datetime, error: str
+) -> StepLog:
+    """The FAILED log of the execution whose result the store would not keep (no reply in it)."""
+    return StepLog(
+        id=step_log_id(state.saga_id, index, action),
+        saga_id=state.saga_id,
+        step_index=index,
+        step_name=wf.steps[index].name,
+        action=action,
+        status=StepStatus.FAILED,
+        request_payload=state.payload,
+        response_payload=None,
+        error_message=error,
+        started_at=at,
+        completed_at=at,
+    )
 
 
 _Handler = Callable[[SagaState, Workflow, Any], Decision]
