@@ -5,6 +5,7 @@ COPY saga ./saga
 COPY saga_http ./saga_http
 COPY saga_grpc ./saga_grpc
 COPY workers ./workers
+COPY saga_cli ./saga_cli
 COPY workflows ./workflows
 COPY config ./config
 RUN pip install --no-cache-dir . && useradd --system --uid 10001 saga && mkdir -p /app/data && chown saga /app/data

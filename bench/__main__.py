@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         pg_url = db.url if db else None
         with c.participant(workdir) as part:
             results["settings"]["participant"] = (
-                "python -m workers.participants (instant echo, 32 threads)"
+                "python -m workers.scripted_participants (instant echo, 32 threads)"
             )
 
             def figure(name: str, fn: Any) -> None:

@@ -18,7 +18,7 @@ over the run; all share the same 2 cores.
 
 Method (events): per run, N 3-step sagas run to the end through an `Engine` (executor on,
 relay off) on a config with a `kafka` section, so every commit writes its events to the outbox;
-then one `workers.relay.OutboxRelay` (the default `relay_batch` 500, idempotent producer,
+then one `workers.adapters.relay.OutboxRelay` (the default `relay_batch` 500, idempotent producer,
 acks=all) starts on a fresh topic (created beforehand, 1 partition like the broker default) and
 the clock runs until the store reports no unpublished row. A consumer then reads the topic from
 the start and counts messages and distinct event ids (at-least-once: duplicates are allowed,
@@ -449,10 +449,10 @@ def events(
 ) -> None:
     import psycopg
 
+    from workers.adapters.relay import OutboxRelay
+    from workers.adapters.store.postgres import PostgresStore
     from workers.config import KafkaConfig, TopicsConfig, load_config
-    from workers.engine import Engine
-    from workers.relay import OutboxRelay
-    from workers.store.postgres import PostgresStore
+    from workers.service.engine import Engine
 
     runs = 3
     n = 1000 if quick else 8000

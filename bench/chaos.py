@@ -48,7 +48,7 @@ from bench import common as c
 from bench.chaos_services import PrivateKafka, PrivatePostgres, free_port
 
 # The participant server the run starts (its one mention: a rename is a one-line change here).
-PARTICIPANT_MODULE = "workers.participants"
+PARTICIPANT_MODULE = "workers.scripted_participants"
 CONTROL_CALLS = "/participant.Control/Calls"
 
 WORKFLOW = "chaos-order"
@@ -181,7 +181,7 @@ class Topology:
         """PostgreSQL, Kafka, the participant, the schema, the API processes and the workers."""
         self.pg = PrivatePostgres()
         self.pg.start()
-        from workers.store.migrate import migrate_postgres
+        from workers.adapters.store.migrate import migrate_postgres
 
         migrate_postgres(self.pg.url)
         self.kafka = PrivateKafka()

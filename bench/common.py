@@ -110,7 +110,7 @@ def stop_all() -> None:
 
 
 class Participant:
-    """`python -m workers.participants` (instant echo; `/Bench/Fail` fails non-retryably)."""
+    """`python -m workers.scripted_participants` (instant echo; `/Bench/Fail` fails non-retryably)."""
 
     def __init__(self, workdir: Path, behaviour: Mapping[str, Any] | None = None) -> None:
         port_file = workdir / f"participant-{uuid.uuid4().hex[:8]}.port"
@@ -118,7 +118,7 @@ class Participant:
             [
                 PYTHON,
                 "-m",
-                "workers.participants",
+                "workers.scripted_participants",
                 "--port",
                 "0",
                 "--port-file",
@@ -285,9 +285,9 @@ def write_config(
 def start_worker(
     config: Path, log_path: Path, env: Mapping[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """A `saga worker` (python -m workers --config ...)."""
+    """A `saga worker` (python -m saga_cli worker --config ...)."""
     return spawn(
-        [PYTHON, "-m", "workers", "--config", str(config)],
+        [PYTHON, "-m", "saga_cli", "worker", "--config", str(config)],
         log_path=log_path,
         env={"SAGA_LOG_FORMAT": "json", **(env or {})},
     )
@@ -313,7 +313,7 @@ class BenchDatabase:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
         self.url = with_dbname(admin_url, name)
-        from workers.store.migrate import migrate_postgres
+        from workers.adapters.store.migrate import migrate_postgres
 
         migrate_postgres(self.url)
 
@@ -340,7 +340,7 @@ def pg_truncate(url: str) -> None:
 def register_workflows(config_path: Path) -> None:
     """Register the bench workflows through the engine (workers would do it at start too)."""
     from workers.config import load_config
-    from workers.engine import Engine
+    from workers.service.engine import Engine
 
     engine = Engine.from_config(
         load_config(str(config_path), environ={}), execute=False, relay=False
@@ -354,7 +354,7 @@ def register_workflows(config_path: Path) -> None:
 def seed_template(config_path: Path, workflow: str) -> str:
     """Start one saga through Engine.start_saga (execute=False); return its id."""
     from workers.config import load_config
-    from workers.engine import Engine
+    from workers.service.engine import Engine
 
     engine = Engine.from_config(
         load_config(str(config_path), environ={}), execute=False, relay=False

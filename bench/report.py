@@ -401,7 +401,7 @@ def _throughput(res: dict[str, Any], w: Any, made: list[str]) -> None:
         "when every saga is terminal (COUNT by status polled every 100 ms). Rates come from the stored timestamps "
         "over the middle 80% of completions (10th–90th percentile of terminal `updated_at` for sagas/s, of step-log "
         "`completed_at` for steps/s), so process start-up and the tail do not count. The participant is one "
-        "separate process (`python -m workers.participants`, instant echo). `bench-comp-3`: steps 1–2 succeed, step 3 "
+        "separate process (`python -m workers.scripted_participants`, instant echo). `bench-comp-3`: steps 1–2 succeed, step 3 "
         "fails with FAILED_PRECONDITION (non-retryable), steps 2 and 1 are compensated (5 participant calls, 5 step logs). "
         "Everything — PostgreSQL, participant, workers, the bench poller — shares the 2 cores."
     )
@@ -695,7 +695,7 @@ def _events(res: dict[str, Any], w: Any) -> None:
     w(
         f"Per run: {ev['sagas_per_run']:,} `{ev['workflow']}` sagas run to the end through an `Engine` (executor on, relay off) "
         f"on a config with a `kafka` section, so their commits fill the outbox ({_f(ev.get('events_per_saga'), 1)} events per "
-        f"saga); then one `workers.relay.OutboxRelay` (batch {ev.get('relay_batch')}, idempotent producer, acks=all) "
+        f"saga); then one `workers.adapters.relay.OutboxRelay` (batch {ev.get('relay_batch')}, idempotent producer, acks=all) "
         f"starts on a fresh 1-partition topic of the broker at {ev.get('broker')} and the clock runs until the store "
         "reports no unpublished row (producer connection included). **steady** = rate over the 10th–90th percentile "
         "of `published_at` (marks are per batch, so this is coarse). A consumer then reads the topic from the start."

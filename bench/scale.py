@@ -149,8 +149,8 @@ def list_at_scale(
 
     from bench.api import free_port, start_rest
     from saga.model import SagaStatus
-    from workers.store.base import SagaFilter
-    from workers.store.postgres import PostgresStore, list_statements
+    from workers.adapters.store.base import SagaFilter
+    from workers.adapters.store.postgres import PostgresStore, list_statements
 
     rows = 200_000 if quick else 1_000_000
     reps = 50 if quick else 200

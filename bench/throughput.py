@@ -178,7 +178,7 @@ def throughput(
 
 def handler_time_ms() -> float:
     """Median time of the participant's own handler for an echo call (in-process, no network)."""
-    from workers.participants import Participant
+    from workers.scripted_participants import Participant
 
     p = Participant({})
     body = b'{"order_id":"bench","amount":42}'

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import sys
 
+from workers.adapters.logs import setup_logging
 from workers.config import ConfigError, load_config
-from workers.logs import setup_logging
 
 
 def main() -> int:

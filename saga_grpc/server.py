@@ -26,9 +26,9 @@ from saga_grpc.service import (
     allow_all,
     token_authorizer,
 )
-from workers.auth import TokenVerifier
+from workers.adapters.auth import TokenVerifier
 from workers.config import Config
-from workers.engine import Engine
+from workers.service.engine import Engine
 
 log = logging.getLogger("saga.grpc")
 

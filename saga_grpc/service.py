@@ -2,7 +2,7 @@
 results become proto messages and domain errors become status codes.
 
 It must never hold a business rule: every check on what a client sent lives in
-`workers.inputs` / `Engine`, every token check in `workers.auth`. The only decoding done here
+`workers.service.inputs` / `Engine`, every token check in `workers.adapters.auth`. The only decoding done here
 is what proto3 forces on us: strings cannot be null ("" ↔ None), a zero in `Pagination` means
 "use the default", a request that does not parse as its message (e.g. a string field that is
 not UTF-8) is INVALID_ARGUMENT, not the INTERNAL grpcio would answer for a failed deserializer,
@@ -35,16 +35,16 @@ from saga.errors import Conflict, NotFound, ValidationError
 from saga.model import SagaState, StepLog, Workflow
 from saga_grpc.gen.k1s0.system.common.v1 import types_pb2
 from saga_grpc.gen.k1s0.system.saga.v1 import saga_pb2, saga_pb2_grpc
-from workers.auth import READ, WRITE, Forbidden, Principal, TokenVerifier, Unauthenticated
-from workers.engine import Engine
-from workers.metrics import GRPC_REQUESTS
+from workers.adapters.auth import READ, WRITE, Forbidden, Principal, TokenVerifier, Unauthenticated
+from workers.adapters.metrics import GRPC_REQUESTS
+from workers.service.engine import Engine
 
 log = logging.getLogger("saga.grpc")
 
 SERVICE_NAME = saga_pb2.DESCRIPTOR.services_by_name["SagaService"].full_name
 INTERNAL_MESSAGE = "internal error"
 
-# The access each RPC needs is `workers.auth.READ` or `WRITE` (SPEC §4 roles: auditors read,
+# The access each RPC needs is `workers.adapters.auth.READ` or `WRITE` (SPEC §4 roles: auditors read,
 # operators and admins also write).
 
 

@@ -21,8 +21,8 @@ import shutil
 import tempfile
 import time
 
+from saga_cli.worker import load_or_exit
 from workers.config import ConfigError
-from workers.process import load_or_exit
 
 _config = load_or_exit(os.environ.get("CONFIG_PATH"))
 
@@ -41,7 +41,7 @@ keepalive = 5
 # older versions ignore the setting).
 control_socket_disable = True
 
-# Set before any worker imports `workers.metrics`, so every metric is multiprocess.
+# Set before any worker imports `workers.adapters.metrics`, so every metric is multiprocess.
 _OWNED = "SAGA_HTTP_OWNED_MULTIPROC_DIR"
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="saga-prometheus-")

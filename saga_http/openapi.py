@@ -14,7 +14,7 @@ import copy
 from typing import Any
 
 from saga.model import SagaStatus
-from workers.auth import PUBLIC, ROLES_FOR
+from workers.adapters.auth import PUBLIC, ROLES_FOR
 from workers.config import Config
 
 _UUID = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flask import Flask
 
-    from workers.engine import Engine
+    from workers.service.engine import Engine
 
 log = logging.getLogger("saga.http")
 
@@ -41,8 +41,8 @@ class LazyApp:
                 # An app inherited through fork is dropped, not closed: its threads did not
                 # survive the fork and its connections belong to the parent.
                 from saga_http.app import create_app
+                from workers.adapters.logs import setup_logging
                 from workers.config import load_config
-                from workers.logs import setup_logging
 
                 setup_logging()
                 config = load_config()

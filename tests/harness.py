@@ -44,7 +44,7 @@ def wait_until(
 
 
 class ParticipantProcess:
-    """`python -m workers.participants` in its own process."""
+    """`python -m workers.scripted_participants` in its own process."""
 
     def __init__(self, behaviour: Mapping[str, Any], workdir: Path) -> None:
         port_file = workdir / f"participant-{os.getpid()}-{time.monotonic_ns()}.port"
@@ -52,7 +52,7 @@ class ParticipantProcess:
             [
                 PYTHON,
                 "-m",
-                "workers.participants",
+                "workers.scripted_participants",
                 "--port",
                 "0",
                 "--port-file",
@@ -156,13 +156,13 @@ def write_config(
 
 
 class WorkerProcess:
-    """`python -m workers --config ...` (a `saga worker`) in its own process."""
+    """`python -m saga_cli worker --config ...` (a `saga worker`) in its own process."""
 
     def __init__(self, config: Path, log: Path, env: Mapping[str, str] | None = None) -> None:
         self.log_path = log
         self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "workers", "--config", str(config)],
+            [PYTHON, "-m", "saga_cli", "worker", "--config", str(config)],
             cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -16,7 +16,7 @@ import requests
 from tests.harness import ROOT, free_port, wait_until, write_config
 from tests.services import pg_cluster
 
-SAGA = [sys.executable, "-m", "workers.cli"]
+SAGA = [sys.executable, "-m", "saga_cli.main"]
 
 
 def children(pid: int) -> list[int]:

@@ -12,7 +12,7 @@ from saga.model import SagaStatus
 from tests.harness import ParticipantProcess, step, wait_until, workflow_file, write_config
 from tests.services import pg_cluster
 from workers.config import load_config
-from workers.engine import Engine
+from workers.service.engine import Engine
 
 
 def test_engine_survives_a_postgres_restart(tmp_path: Path, postgres_database: str) -> None:

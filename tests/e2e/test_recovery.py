@@ -24,7 +24,7 @@ from tests.harness import (
     write_config,
 )
 from workers.config import load_config
-from workers.engine import Engine
+from workers.service.engine import Engine
 
 STEPS = [
     step("reserve", "inventory-service", "Inventory.Reserve", "Inventory.Release"),

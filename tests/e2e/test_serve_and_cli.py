@@ -18,7 +18,7 @@ import requests
 from saga_grpc.gen.k1s0.system.saga.v1 import saga_pb2, saga_pb2_grpc
 from tests.harness import ROOT, ParticipantProcess, free_port, wait_until, write_config
 
-SAGA = [sys.executable, "-m", "workers.cli"]
+SAGA = [sys.executable, "-m", "saga_cli.main"]
 
 
 def processes_mentioning(text: str) -> list[str]:
@@ -230,6 +230,6 @@ def test_demo_runs_from_a_clean_directory_and_leaves_nothing_running(tmp_path: P
 
 def test_the_demo_workflow_is_the_sample_file() -> None:
     """The workflow the demo registers is the one shipped in workflows/order-fulfillment.yaml."""
-    from workers.demo import ORDER_FULFILLMENT
+    from saga_cli.demo import ORDER_FULFILLMENT
 
     assert (ROOT / "workflows" / "order-fulfillment.yaml").read_text() == ORDER_FULFILLMENT

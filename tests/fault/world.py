@@ -30,10 +30,10 @@ from attrs import define, field
 
 from saga.invariants import CallMade, SagaRecord
 from saga.model import Action, EventType, RetryPolicy, SagaStatus, Step, Workflow, new_saga
+from workers.adapters.participant import INVALID_RESPONSE, CallResult
+from workers.adapters.store.base import StoreRefused
+from workers.adapters.store.memory import MemoryStore
 from workers.interpreter import Executor, WorkflowCatalog
-from workers.participant import INVALID_RESPONSE, CallResult
-from workers.store.base import StoreRefused
-from workers.store.memory import MemoryStore
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 LEASE_SECS = 10.0
@@ -299,7 +299,7 @@ class World:
         if kind == "memory":
             inner: Any = MemoryStore(outbox=True, clock=self.clock.monotonic)
         else:
-            from workers.store.sqlite import SqliteStore
+            from workers.adapters.store.sqlite import SqliteStore
 
             assert tmp_path is not None
             inner = SqliteStore(str(tmp_path / "fault.sqlite3"), outbox=True, clock=self.clock.wall)

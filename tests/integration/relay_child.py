@@ -14,10 +14,10 @@ import sys
 import time
 
 from saga.model import TERMINAL_STATUSES
+from workers.adapters.store.sqlite import SqliteStore
 from workers.config import Config, KafkaConfig, SagaSection, ServiceEndpoint, TopicsConfig
-from workers.engine import Engine
-from workers.participants import start_participant_server
-from workers.store.sqlite import SqliteStore
+from workers.scripted_participants import start_participant_server
+from workers.service.engine import Engine
 
 
 def main(argv: list[str]) -> int:

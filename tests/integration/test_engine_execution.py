@@ -11,7 +11,7 @@ import pytest
 from saga.model import Action, SagaStatus, StepStatus
 from tests.harness import ParticipantProcess, step, wait_until, workflow_file, write_config
 from workers.config import load_config
-from workers.engine import Engine
+from workers.service.engine import Engine
 
 WORKFLOW_STEPS = [
     step(
@@ -225,8 +225,8 @@ def test_a_commit_the_store_refuses_does_not_hold_other_sagas_back(tmp_path: Pat
     """One saga whose every commit the store rejects is dropped; the 30 started with it all
     complete."""
     from saga.model import SagaState
-    from workers.store.base import CommitRequest, CommitResult, StoreRefused
-    from workers.store.memory import MemoryStore
+    from workers.adapters.store.base import CommitRequest, CommitResult, StoreRefused
+    from workers.adapters.store.memory import MemoryStore
 
     class RefusingStore(MemoryStore):
         def commit(self, owner: str, requests: Any, lease_secs: float) -> list[CommitResult]:

@@ -27,6 +27,9 @@ import pytest
 from saga.codec import format_timestamp
 from saga.model import EventType, SagaState, event_id
 from tests.services import REPO_ROOT, require_kafka, require_postgres
+from workers.adapters.relay import OutboxRelay
+from workers.adapters.store.base import Store
+from workers.adapters.store.sqlite import SqliteStore
 from workers.config import (
     Config,
     KafkaConfig,
@@ -34,11 +37,8 @@ from workers.config import (
     ServiceEndpoint,
     TopicsConfig,
 )
-from workers.engine import Engine, open_store
-from workers.participants import start_participant_server
-from workers.relay import OutboxRelay
-from workers.store.base import Store
-from workers.store.sqlite import SqliteStore
+from workers.scripted_participants import start_participant_server
+from workers.service.engine import Engine, open_store
 
 KAFKA_SH = REPO_ROOT / "scripts" / "kafka.sh"
 KAFKA_ENV = REPO_ROOT / ".services" / "kafka.env"
@@ -475,7 +475,7 @@ def test_two_relays_on_one_store_keep_per_saga_order_and_lose_nothing(
     config = make_config(tmp_path, workflow_dir, participant, kafka)
     cleanup: Callable[[], None] = lambda: None  # noqa: E731
     try:
-        from workers.store.postgres import PostgresStore
+        from workers.adapters.store.postgres import PostgresStore
     except ImportError:
         kind = "sqlite"
         stores: list[Store] = [SqliteStore(config.saga.sqlite_path, outbox=True) for _ in "ab"]

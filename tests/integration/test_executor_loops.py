@@ -14,10 +14,10 @@ from typing import Any
 
 from saga.model import Step, Workflow, new_saga
 from tests.harness import wait_until
+from workers.adapters.participant import CallResult
+from workers.adapters.store.memory import MemoryStore
+from workers.adapters.store.sqlite import SqliteStore
 from workers.interpreter import Executor, WorkflowCatalog
-from workers.participant import CallResult
-from workers.store.memory import MemoryStore
-from workers.store.sqlite import SqliteStore
 
 WF = Workflow("one", (Step("only", "svc", "Svc.Do", compensate="Svc.Undo"),))
 

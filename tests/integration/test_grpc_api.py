@@ -27,8 +27,8 @@ from saga_grpc.gen.k1s0.system.saga.v1 import saga_pb2, saga_pb2_grpc
 from saga_grpc.server import build_api, build_server, serve
 from tests.harness import free_port
 from workers.config import Config, GrpcConfig, SagaSection, ServiceEndpoint
-from workers.engine import Engine
-from workers.participants import start_participant_server
+from workers.scripted_participants import start_participant_server
+from workers.service.engine import Engine
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = "k1s0.system.saga.v1.SagaService"

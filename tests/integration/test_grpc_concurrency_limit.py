@@ -18,9 +18,9 @@ import pytest
 from saga_grpc.gen.k1s0.system.saga.v1 import saga_pb2, saga_pb2_grpc
 from saga_grpc.server import build_api
 from tests.harness import wait_until
+from workers.adapters.store.sqlite import SqliteStore
 from workers.config import ConfigError, load_config
-from workers.engine import Engine
-from workers.store.sqlite import SqliteStore
+from workers.service.engine import Engine
 
 WORKFLOW_YAML = """\
 name: limited

@@ -31,8 +31,8 @@ from saga_grpc.server import build_api
 from saga_grpc.service import saga_message, step_log_message, struct_payload
 from tests.integration.test_grpc_api import BEHAVIOUR, make_config
 from workers.config import ConfigError, load_config
-from workers.engine import Engine
-from workers.participants import start_participant_server
+from workers.scripted_participants import start_participant_server
+from workers.service.engine import Engine
 
 REPO = Path(__file__).resolve().parents[2]
 LATER_PROTO = REPO / "tests" / "protos" / "k1s0" / "system" / "saga" / "v1" / "saga.proto"

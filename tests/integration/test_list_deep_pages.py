@@ -14,10 +14,10 @@ import pytest
 
 from saga.model import Step, Workflow, new_saga
 from tests.services import require_postgres
-from workers.store.base import SagaFilter, SagaPage, Store
-from workers.store.memory import MemoryStore
-from workers.store.postgres import PostgresStore
-from workers.store.sqlite import SqliteStore
+from workers.adapters.store.base import SagaFilter, SagaPage, Store
+from workers.adapters.store.memory import MemoryStore
+from workers.adapters.store.postgres import PostgresStore
+from workers.adapters.store.sqlite import SqliteStore
 
 WORKFLOW = Workflow("deep-pages", (Step("a", "svc", "Svc.A"),))
 SAGAS = 30

@@ -23,10 +23,10 @@ from werkzeug.serving import make_server
 
 from saga_http.app import create_app
 from saga_http.openapi import openapi_document
+from workers.adapters.store.memory import MemoryStore
 from workers.config import Config, load_config
-from workers.engine import Engine
-from workers.participants import start_participant_server
-from workers.store.memory import MemoryStore
+from workers.scripted_participants import start_participant_server
+from workers.service.engine import Engine
 
 DOC_URI = "urn:saga:openapi"
 METHODS = ("get", "post", "put", "patch", "delete")

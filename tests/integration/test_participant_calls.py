@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from workers.participant import (
+from workers.adapters.participant import (
     INVALID_RESPONSE,
     SERVICE_NOT_REGISTERED,
     CallResult,
@@ -23,7 +23,7 @@ from workers.participant import (
     grpc_path,
     method_is_valid,
 )
-from workers.participants import start_participant_server
+from workers.scripted_participants import start_participant_server
 
 REPO = Path(__file__).resolve().parents[2]
 BEHAVIOUR: dict[str, Any] = {
@@ -54,7 +54,7 @@ def _metadata(key: str, attempt: int = 1) -> list[tuple[str, str]]:
 
 
 class ParticipantProcess:
-    """A `python -m workers.participants` child process and the port it listens on."""
+    """A `python -m workers.scripted_participants` child process and the port it listens on."""
 
     def __init__(self, tmp: Path, behaviour: dict[str, Any]) -> None:
         self.port_file = tmp / "participant.port"
@@ -63,7 +63,7 @@ class ParticipantProcess:
             [
                 sys.executable,
                 "-m",
-                "workers.participants",
+                "workers.scripted_participants",
                 "--port",
                 "0",
                 "--port-file",

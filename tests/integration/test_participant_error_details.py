@@ -21,9 +21,9 @@ from tests.harness import (
     write_config,
 )
 from tests.services import require_postgres
+from workers.adapters.participant import MAX_DETAIL_CHARS, ParticipantCaller, participant_detail
 from workers.config import load_config
-from workers.engine import Engine
-from workers.participant import MAX_DETAIL_CHARS, ParticipantCaller, participant_detail
+from workers.service.engine import Engine
 
 NUL_DETAIL = "stock\x00level\x00low"
 LONG_DETAIL = "insufficient stock: " + "x" * 5000

@@ -19,9 +19,9 @@ from saga.model import Step, Workflow, new_saga
 from tests.e2e.conftest import fresh_database
 from tests.harness import free_port, wait_until, write_config
 from tests.services import require_postgres
+from workers.adapters.store.postgres import PostgresStore
 from workers.config import ConfigError, load_config
-from workers.engine import open_store
-from workers.store.postgres import PostgresStore
+from workers.service.engine import open_store
 
 pytestmark = pytest.mark.postgres
 

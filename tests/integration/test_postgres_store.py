@@ -36,9 +36,9 @@ from saga.model import (
     step_log_id,
 )
 from tests.services import in_ci, pg_cluster, require_postgres
-from workers.store.base import CommitRequest, SagaFilter
-from workers.store.migrate import load_migrations, migrate_postgres
-from workers.store.postgres import PostgresStore, list_statements
+from workers.adapters.store.base import CommitRequest, SagaFilter
+from workers.adapters.store.migrate import load_migrations, migrate_postgres
+from workers.adapters.store.postgres import PostgresStore, list_statements
 
 pytestmark = pytest.mark.postgres
 

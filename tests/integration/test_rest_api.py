@@ -26,10 +26,10 @@ from werkzeug.serving import make_server
 
 from saga_http.app import create_app
 from tests.harness import free_port
+from workers.adapters.store.memory import MemoryStore
 from workers.config import load_config
-from workers.engine import Engine
-from workers.participants import start_participant_server
-from workers.store.memory import MemoryStore
+from workers.scripted_participants import start_participant_server
+from workers.service.engine import Engine
 
 REPO = Path(__file__).resolve().parents[2]
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -23,8 +23,8 @@ import requests
 from saga_http.app import create_app
 from saga_http.openapi import MAX_PAGE
 from tests.integration.test_openapi import LoopbackServer, write_config
-from workers.engine import Engine
-from workers.participants import start_participant_server
+from workers.scripted_participants import start_participant_server
+from workers.service.engine import Engine
 
 SEED = 20260220
 MAX_EXAMPLES = 40

@@ -1,4 +1,4 @@
-"""The store contract (workers/store/base.py), checked the same way on every store.
+"""The store contract (workers/adapters/store/base.py), checked the same way on every store.
 
 Each test runs against the memory, SQLite and PostgreSQL stores. Commits are made by the real
 core: a saga is created with `new_saga`, claimed, and driven by `decide`; every `Commit` it
@@ -37,7 +37,7 @@ from saga.model import (
     new_saga,
 )
 from tests.services import require_postgres
-from workers.store.base import (
+from workers.adapters.store.base import (
     Claimed,
     CommitRequest,
     CommitResult,
@@ -74,16 +74,16 @@ class StoreFactory:
         if self.kind == "memory":
             if outbox in self._memory:
                 return self._memory[outbox]
-            from workers.store.memory import MemoryStore
+            from workers.adapters.store.memory import MemoryStore
 
             store = MemoryStore(outbox=outbox)
             self._memory[outbox] = store
         elif self.kind == "sqlite":
-            from workers.store.sqlite import SqliteStore
+            from workers.adapters.store.sqlite import SqliteStore
 
             store = SqliteStore(self._sqlite_path, outbox=outbox)
         else:
-            from workers.store.postgres import PostgresStore
+            from workers.adapters.store.postgres import PostgresStore
 
             assert self._pg_url is not None
             store = PostgresStore(self._pg_url, schema=self._pg_schema, outbox=outbox)

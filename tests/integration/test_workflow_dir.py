@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from workers.config import Config, SagaSection, ServiceEndpoint
-from workers.engine import Engine
+from workers.service.engine import Engine
 
 
 def _config(tmp_path: Path, directory: Path) -> Config:
@@ -73,6 +73,6 @@ def test_a_missing_directory_is_not_an_error(tmp_path: Path) -> None:
 
 
 def _store(tmp_path: Path):  # type: ignore[no-untyped-def]
-    from workers.store.sqlite import SqliteStore
+    from workers.adapters.store.sqlite import SqliteStore
 
     return SqliteStore(str(tmp_path / "s.sqlite3"))

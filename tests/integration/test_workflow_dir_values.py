@@ -13,9 +13,9 @@ import psycopg
 import pytest
 
 from tests.services import require_postgres
+from workers.adapters.store.base import Store
 from workers.config import Config, SagaSection, ServiceEndpoint
-from workers.engine import Engine
-from workers.store.base import Store
+from workers.service.engine import Engine
 
 MERGED = """\
 name: merged
@@ -60,14 +60,14 @@ def _config(tmp_path: Path, directory: Path) -> Config:
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "sqlite":
-        from workers.store.sqlite import SqliteStore
+        from workers.adapters.store.sqlite import SqliteStore
 
         opened: Store = SqliteStore(str(tmp_path / "s.sqlite3"))
         yield opened
         opened.close()
         return
     url = require_postgres()
-    from workers.store.postgres import PostgresStore
+    from workers.adapters.store.postgres import PostgresStore
 
     schema = f"t_{uuid.uuid4().hex[:8]}"
     opened = PostgresStore(url, schema=schema)

@@ -20,8 +20,8 @@ from saga_grpc.server import build_api
 from tests.integration.test_rest_api import GunicornServer, alive, write_config
 from tests.security.jwks import JwksServer, Keys, auth_section
 from workers.config import load_config
-from workers.engine import Engine
-from workers.participants import start_participant_server
+from workers.scripted_participants import start_participant_server
+from workers.service.engine import Engine
 
 REPLY_LIMIT = 64 * 1024
 BEHAVIOUR: dict[str, Any] = {

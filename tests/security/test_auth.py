@@ -29,15 +29,15 @@ from tests.security.conftest import (
     metadata,
 )
 from tests.security.jwks import AUDIENCE, ISSUER, JwksServer, Keys, auth_section
-from workers.auth import (
+from workers.adapters.auth import (
     KeySet,
     TokenVerifier,
     Unauthenticated,
     fetch_jwks,
 )
+from workers.adapters.store.memory import MemoryStore
 from workers.config import AuthConfig, Config, load_config
-from workers.engine import Engine
-from workers.store.memory import MemoryStore
+from workers.service.engine import Engine
 
 WORKFLOW_YAML = """\
 name: auth-flow-{n}

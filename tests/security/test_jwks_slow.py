@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 
 from tests.security.jwks import AUDIENCE, ISSUER, Keys
-from workers.auth import KeySet, KeysUnavailable, TokenVerifier, Unauthenticated, fetch_jwks
+from workers.adapters.auth import (
+    KeySet,
+    KeysUnavailable,
+    TokenVerifier,
+    Unauthenticated,
+    fetch_jwks,
+)
 from workers.config import AuthConfig
 
 TRICKLE_SECS = 0.2  # one byte this often: no single read ever waits long enough to time out

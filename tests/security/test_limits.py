@@ -17,7 +17,7 @@ from saga_grpc.gen.k1s0.system.saga.v1 import saga_pb2, saga_pb2_grpc
 from saga_grpc.server import build_api
 from tests.integration.test_rest_api import write_config
 from workers.config import ConfigError, load_config
-from workers.engine import Engine
+from workers.service.engine import Engine
 
 SLOW_YAML = """\
 name: slow-flow

@@ -13,7 +13,7 @@ SAMPLE = ROOT / "workflows" / "order-fulfillment.yaml"
 
 def saga(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "workers.cli", *args], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "saga_cli.main", *args], capture_output=True, text=True, cwd=ROOT
     )
 
 

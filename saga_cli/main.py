@@ -12,13 +12,13 @@ from collections.abc import Sequence
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from workers.offline import validate_files
+    from saga_cli.offline import validate_files
 
     return validate_files(args.files, out=sys.stdout, err=sys.stderr)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from workers.offline import simulate_file
+    from saga_cli.offline import simulate_file
 
     return simulate_file(
         args.workflow,
@@ -32,25 +32,25 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from workers.process import run_worker
+    from saga_cli.worker import run_worker
 
     return run_worker(args.config)
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from workers.process import run_migrate
+    from saga_cli.worker import run_migrate
 
     return run_migrate(args.config)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from workers.serve import run_serve
+    from saga_cli.serve import run_serve
 
     return run_serve(args.config, args.host, args.port, args.grpc_port)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from workers.demo import run_demo
+    from saga_cli.demo import run_demo
 
     return run_demo()
 
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="config file (default: $CONFIG_PATH or config/config.yaml)")
     p.set_defaults(func=_cmd_migrate)
 
-    from workers.client import register as register_client
+    from saga_cli.client import register as register_client
 
     register_client(sub)
     return parser

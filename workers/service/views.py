@@ -7,7 +7,7 @@ from typing import Any
 
 from saga.codec import format_timestamp
 from saga.model import SagaState, StepLog, Workflow
-from workers.store.base import SagaPage
+from workers.adapters.store.base import SagaPage
 
 
 def saga_view(state: SagaState) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from saga.codec import (
     workflow_to_dict,
 )
 from saga.model import Action, SagaState, SagaStatus, StepLog, StepStatus, Workflow
-from workers.store.base import (
+from workers.adapters.store.base import (
     CancelOutcome,
     Claimed,
     CommitRequest,
@@ -36,7 +36,7 @@ from workers.store.base import (
     StoreRefused,
     refusal_reason,
 )
-from workers.store.events import event_body
+from workers.adapters.store.events import event_body
 
 # What SQLite (or the binding of a value) raises for data it will not keep; the rest
 # (OperationalError: locked, I/O) means it could not answer.

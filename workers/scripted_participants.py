@@ -19,7 +19,7 @@ it all (a body ``{"behaviour": {...}}`` also swaps the rules).
 
 Run it as its own process::
 
-    python -m workers.participants --port 0 --port-file /tmp/p.port \\
+    python -m workers.scripted_participants --port 0 --port-file /tmp/p.port \\
         --behaviour '{"InventoryService.Reserve": {"fail_times": 2, "fail": "UNAVAILABLE"}}'
 
 This module must never be imported by the saga server's own code paths (only by tests, the
@@ -45,7 +45,7 @@ from typing import Any
 import attrs
 import grpc
 
-from workers.participant import grpc_path
+from workers.adapters.participant import grpc_path
 
 CONTROL_CALLS = "/participant.Control/Calls"
 CONTROL_RESET = "/participant.Control/Reset"
@@ -65,7 +65,7 @@ _RULE_KEYS = frozenset(
     }
 )
 
-log = logging.getLogger("workers.participants")
+log = logging.getLogger("workers.scripted_participants")
 
 
 @attrs.frozen
@@ -339,7 +339,9 @@ def _write_port_file(path: Path, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a participant server until SIGTERM or SIGINT."""
-    parser = argparse.ArgumentParser(prog="python -m workers.participants", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m workers.scripted_participants", description=__doc__
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 binds a free port")
     parser.add_argument("--port-file", type=Path, help="write the bound port here")

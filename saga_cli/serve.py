@@ -21,9 +21,9 @@ from types import FrameType
 
 import requests
 
+from saga_cli.worker import load_or_exit
+from workers.adapters.logs import setup_logging
 from workers.config import Config
-from workers.logs import setup_logging
-from workers.process import load_or_exit
 
 log = logging.getLogger("saga.serve")
 GUNICORN_CONF = Path(__file__).resolve().parent.parent / "saga_http" / "gunicorn.conf.py"
@@ -57,7 +57,7 @@ def run_serve(
         owned_metrics_dir = tempfile.mkdtemp(prefix="saga-prometheus-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = owned_metrics_dir
     from saga_grpc.server import build_api
-    from workers.engine import Engine
+    from workers.service.engine import Engine
 
     engine = Engine.from_config(config)
     engine.start()  # migrations and workflow files, before any REST worker opens the store

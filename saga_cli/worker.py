@@ -8,8 +8,8 @@ import sys
 import threading
 from types import FrameType
 
+from workers.adapters.logs import setup_logging
 from workers.config import Config, ConfigError, load_config
-from workers.logs import setup_logging
 
 log = logging.getLogger("saga.worker")
 
@@ -42,7 +42,7 @@ def run_worker(config_path: str | None) -> int:
     finish and commit, and give back every lease still held."""
     config = load_or_exit(config_path)
     setup_logging()
-    from workers.engine import Engine
+    from workers.service.engine import Engine
 
     engine = Engine.from_config(config, execute=True)
     engine.start()
@@ -66,7 +66,7 @@ def run_migrate(config_path: str | None) -> int:
     setup_logging()
     url = config.postgres_url
     if url:
-        from workers.store.migrate import migrate_postgres
+        from workers.adapters.store.migrate import migrate_postgres
 
         applied = migrate_postgres(url)
         print(
@@ -75,7 +75,7 @@ def run_migrate(config_path: str | None) -> int:
             else "postgresql: schema is up to date"
         )
         return 0
-    from workers.store.sqlite import SqliteStore
+    from workers.adapters.store.sqlite import SqliteStore
 
     store = SqliteStore(config.saga.sqlite_path)
     print(f"sqlite {config.saga.sqlite_path}: migrations {store.applied_migrations()} applied")

@@ -48,9 +48,9 @@ from saga.events import (
     StepSucceeded,
 )
 from saga.model import INVALID_RESPONSE, SagaState, SagaStatus, StepStatus, Workflow
-from workers import metrics
-from workers.participant import CallResult, ParticipantCaller
-from workers.store.base import (
+from workers.adapters import metrics
+from workers.adapters.participant import CallResult, ParticipantCaller
+from workers.adapters.store.base import (
     Claimed,
     CommitRequest,
     CommitResult,

@@ -23,7 +23,7 @@ import attrs
 import grpc
 
 from saga.errors import ValidationError
-from workers.inputs import check_json
+from workers.service.inputs import check_json
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 _MAX_REPLY_DEPTH = 256

@@ -1,4 +1,4 @@
-"""An in-memory store for tests: the reference behaviour of `workers.store.base.Store`,
+"""An in-memory store for tests: the reference behaviour of `workers.adapters.store.base.Store`,
 with a lock instead of transactions and a clock of its own instead of the database clock
 (`time.monotonic` unless one is given, so a test can move time to expire leases)."""
 
@@ -20,7 +20,7 @@ from saga.model import (
     StepLog,
     Workflow,
 )
-from workers.store.base import (
+from workers.adapters.store.base import (
     CancelOutcome,
     Claimed,
     CommitRequest,
@@ -31,7 +31,7 @@ from workers.store.base import (
     SagaStats,
     Store,
 )
-from workers.store.events import event_body
+from workers.adapters.store.events import event_body
 
 
 def _minute(at: datetime) -> datetime:

@@ -20,12 +20,13 @@ from saga.codec import format_timestamp, workflow_to_dict
 from saga.errors import Conflict, NotFound, ValidationError
 from saga.model import SagaState, SagaStatus, StepLog, Workflow, new_saga
 from saga.workflow import parse_workflow
-from workers import inputs, metrics
+from workers.adapters import metrics
+from workers.adapters.participant import ParticipantCaller
+from workers.adapters.relay import OutboxRelay
+from workers.adapters.store.base import SagaFilter, SagaPage, Store
 from workers.config import Config, DatabaseConfig
 from workers.interpreter import Executor, WorkflowCatalog, utc_now
-from workers.participant import ParticipantCaller
-from workers.relay import OutboxRelay
-from workers.store.base import SagaFilter, SagaPage, Store
+from workers.service import inputs
 
 log = logging.getLogger("saga.engine")
 
@@ -35,7 +36,7 @@ def open_store(config: Config) -> Store:
     outbox = config.kafka is not None
     url = config.postgres_url
     if url:
-        from workers.store.postgres import PostgresStore
+        from workers.adapters.store.postgres import PostgresStore
 
         db = config.database
         size = max(2, db.max_open_conns if db else 10)
@@ -49,7 +50,7 @@ def open_store(config: Config) -> Store:
             max_lifetime=timing.max_lifetime_secs,
             statement_timeout=timing.statement_timeout_secs,
         )
-    from workers.store.sqlite import SqliteStore
+    from workers.adapters.store.sqlite import SqliteStore
 
     return SqliteStore(config.saga.sqlite_path, outbox=outbox)
 

@@ -24,9 +24,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from workers import metrics
+from workers.adapters import metrics
+from workers.adapters.store.base import OutboxRow, Store
 from workers.config import KafkaConfig
-from workers.store.base import OutboxRow, Store
 
 log = logging.getLogger("saga.relay")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from workers.client import TERMINAL, Client, ClientError, print_timeline
+from saga_cli.client import TERMINAL, Client, ClientError, print_timeline
 
 ORDER_FULFILLMENT = """\
 name: order-fulfillment
@@ -74,7 +74,7 @@ def _free_port() -> int:
 
 
 def run_demo(out: Any = sys.stdout) -> int:
-    from workers.participants import start_participant_server
+    from workers.scripted_participants import start_participant_server
 
     workdir = Path(tempfile.mkdtemp(prefix="saga-demo-"))
     servers = []
@@ -103,7 +103,7 @@ def run_demo(out: Any = sys.stdout) -> int:
         }
         env["SAGA_LOG_LEVEL"] = "WARNING"
         server_proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "serve", "--config", str(config_path)],
+            [sys.executable, "-m", "saga_cli.main", "serve", "--config", str(config_path)],
             env=env,
             start_new_session=True,
             stdout=subprocess.DEVNULL,

@@ -44,7 +44,7 @@ from saga.model import (
     StepStatus,
     Workflow,
 )
-from workers.store.base import (
+from workers.adapters.store.base import (
     CancelOutcome,
     Claimed,
     CommitRequest,
@@ -57,8 +57,8 @@ from workers.store.base import (
     StoreRefused,
     refusal_reason,
 )
-from workers.store.events import event_body
-from workers.store.migrate import (
+from workers.adapters.store.events import event_body
+from workers.adapters.store.migrate import (
     LOCK_WORKFLOW,
     connect_kwargs,
     migrate_postgres,
