@@ -25,10 +25,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from saga.errors import Conflict, NotFound, ValidationError
-from workers import inputs, metrics, views
-from workers.auth import PUBLIC, READ, WRITE, Forbidden, TokenVerifier, Unauthenticated
+from workers.adapters import metrics
+from workers.adapters.auth import PUBLIC, READ, WRITE, Forbidden, TokenVerifier, Unauthenticated
 from workers.config import Config
-from workers.engine import Engine
+from workers.service import inputs, views
+from workers.service.engine import Engine
 
 log = logging.getLogger("saga.http")
 
@@ -63,7 +64,7 @@ _DOMAIN_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     (Forbidden, 403, AUTH_PERMISSION_DENIED),
 )
 
-# Who may call a route (SPEC §4 roles, `workers.auth`): PUBLIC stays open even with auth; READ
+# Who may call a route (SPEC §4 roles, `workers.adapters.auth`): PUBLIC stays open even with auth; READ
 # is GET on the API (sys_auditor and up); WRITE changes something (sys_operator and up).
 
 
