@@ -17,13 +17,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import FrameType
+from typing import Any
 
 import requests
 
-from saga_cli.worker import load_or_exit
 from workers.adapters.logs import setup_logging
 from workers.config import Config
+from workers.lifecycle import config_or_exit, stop_signals
 
 log = logging.getLogger("saga.serve")
 GUNICORN_CONF = Path(__file__).resolve().parent.parent / "saga_http" / "gunicorn.conf.py"
@@ -47,7 +47,7 @@ def rest_url(config: Config) -> str:
 def run_serve(
     config_path: str | None, host: str | None, port: int | None, grpc_port: int | None
 ) -> int:
-    config = load_or_exit(config_path)
+    config = config_or_exit(config_path)
     _apply_flags(config, host, port, grpc_port)
     setup_logging()
     # One Prometheus multiprocess directory for this process (the executor's metrics) and the
@@ -82,15 +82,22 @@ def run_serve(
         [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "saga_http.wsgi:app"], env=env
     )
 
-    stop = threading.Event()
+    with stop_signals() as stop:
+        return _supervise(config, bound, gunicorn, stop, api, server, engine, owned_metrics_dir)
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s; shutting down", signal.Signals(signum).name)
-        stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
+def _supervise(
+    config: Config,
+    bound: int,
+    gunicorn: subprocess.Popen[bytes],
+    stop: threading.Event,
+    api: Any,
+    server: Any,
+    engine: Any,
+    owned_metrics_dir: str | None,
+) -> int:
+    """Wait until the REST server answers, then until a stop signal (or the REST server dies);
+    then stop everything in order: REST, gRPC, the engine."""
     url = rest_url(config)
     deadline = time.monotonic() + 30
     while not stop.is_set() and gunicorn.poll() is None and time.monotonic() < deadline:

@@ -6,17 +6,13 @@ from __future__ import annotations
 import sys
 
 from workers.adapters.logs import setup_logging
-from workers.config import ConfigError, load_config
+from workers.lifecycle import config_or_exit
 
 
 def main() -> int:
     """Load the config and serve until SIGTERM/SIGINT; a bad config exits 2 with one line."""
     setup_logging()
-    try:
-        config = load_config()
-    except ConfigError as exc:
-        print(f"saga: {exc}", file=sys.stderr)
-        return 2
+    config = config_or_exit()
     from saga_grpc.server import serve
 
     serve(config)

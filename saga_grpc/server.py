@@ -8,10 +8,8 @@ process's objects (an `Engine`, the server) and tears them down again on SIGTERM
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from types import FrameType
 from typing import NamedTuple
 
 import grpc
@@ -28,6 +26,7 @@ from saga_grpc.service import (
 )
 from workers.adapters.auth import TokenVerifier
 from workers.config import Config
+from workers.lifecycle import stop_signals, wait_for
 from workers.service.engine import Engine
 
 log = logging.getLogger("saga.grpc")
@@ -112,8 +111,8 @@ def serve(config: Config, *, stop: threading.Event | None = None) -> None:
         api.server.start()
         log.info("gRPC API listening on %s:%d", config.grpc.host, api.port)
         if stop is None:
-            stop = threading.Event()
-            _wait_for_signal(stop)
+            with stop_signals() as signalled:
+                wait_for(signalled)
         else:
             stop.wait()
         log.info("gRPC API stopping (grace %.0fs)", SHUTDOWN_GRACE_SECS)
@@ -122,18 +121,3 @@ def serve(config: Config, *, stop: threading.Event | None = None) -> None:
     finally:
         engine.close()
     log.info("gRPC API stopped")
-
-
-def _wait_for_signal(stop: threading.Event) -> None:
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        # A timed wait, so the main thread wakes up to run the Python signal handler.
-        while not stop.wait(0.5):
-            pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -21,10 +21,10 @@ import shutil
 import tempfile
 import time
 
-from saga_cli.worker import load_or_exit
 from workers.config import ConfigError
+from workers.lifecycle import config_or_exit
 
-_config = load_or_exit(os.environ.get("CONFIG_PATH"))
+_config = config_or_exit(os.environ.get("CONFIG_PATH"))
 
 _host = _config.server.host
 bind = [f"[{_host}]:{_config.server.port}" if ":" in _host else f"{_host}:{_config.server.port}"]
