@@ -18,15 +18,16 @@ import logging
 import os
 import uuid
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from saga.errors import Conflict, NotFound, ValidationError
+from saga_http.routes import ROUTES
 from workers.adapters import metrics
-from workers.adapters.auth import PUBLIC, READ, WRITE, Forbidden, TokenVerifier, Unauthenticated
+from workers.adapters.auth import PUBLIC, Forbidden, TokenVerifier, Unauthenticated
 from workers.config import Config
 from workers.service import inputs, views
 from workers.service.engine import Engine
@@ -62,33 +63,6 @@ _DOMAIN_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     (Conflict, 409, CONFLICT),
     (Unauthenticated, 401, AUTH_MISSING_CLAIMS),
     (Forbidden, 403, AUTH_PERMISSION_DENIED),
-)
-
-# Who may call a route (SPEC §4 roles, `workers.adapters.auth`): PUBLIC stays open even with auth; READ
-# is GET on the API (sys_auditor and up); WRITE changes something (sys_operator and up).
-
-
-class Route(NamedTuple):
-    method: str
-    rule: str
-    endpoint: str
-    view: str  # the `_Api` method that serves it
-    access: str
-
-
-ROUTES: tuple[Route, ...] = (
-    Route("GET", "/healthz", "healthz", "healthz", PUBLIC),
-    Route("GET", "/readyz", "readyz", "readyz", PUBLIC),
-    Route("GET", "/metrics", "metrics", "metrics", PUBLIC),
-    Route("POST", "/api/v1/sagas", "start_saga", "start_saga", WRITE),
-    Route("GET", "/api/v1/sagas", "list_sagas", "list_sagas", READ),
-    Route("GET", "/api/v1/sagas/<saga_id>", "get_saga", "get_saga", READ),
-    Route("POST", "/api/v1/sagas/<saga_id>/cancel", "cancel_saga", "cancel_saga", WRITE),
-    Route("POST", "/api/v1/sagas/<saga_id>/compensate", "compensate_saga", "cancel_saga", WRITE),
-    Route("POST", "/api/v1/workflows", "register_workflow", "register_workflow", WRITE),
-    Route("GET", "/api/v1/workflows", "list_workflows", "list_workflows", READ),
-    Route("GET", "/api/v1/stats", "stats", "stats", READ),
-    Route("GET", "/api/v1/openapi.json", "openapi", "openapi", PUBLIC),
 )
 
 _warned_open = False

@@ -4,7 +4,7 @@ It describes the wire contract only; it never drives validation (the `Engine` do
 Response shapes are closed (`additionalProperties: false`): a client may rely on every field
 listed and on no other. Request bodies stay open: unknown fields are ignored, as the original
 server did. Limits (page size, string length) come from the config being served, and so does
-security: each operation's access level comes from `saga_http.app.ROUTES`; protected ones list
+security: each operation's access level comes from `saga_http.routes.ROUTES`; protected ones list
 the bearer scheme and their 401/403 answers (given only when an `auth` section is configured).
 """
 
@@ -479,10 +479,10 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 
 def _secure(paths: dict[str, Any], config: Config) -> None:
-    """Mark each operation with the access its route needs (saga_http.app.ROUTES): public
+    """Mark each operation with the access its route needs (saga_http.routes.ROUTES): public
     ones need no token; the others list the bearer scheme (optional when the API is open),
     the roles that may call them, and the 401/403 they may answer."""
-    from saga_http.app import ROUTES
+    from saga_http.routes import ROUTES
 
     bearer = [{"bearerAuth": []}] if config.auth is not None else [{}, {"bearerAuth": []}]
     for route in ROUTES:

@@ -21,6 +21,7 @@ import pytest
 from saga_grpc.gen.k1s0.system.saga.v1 import saga_pb2
 from saga_grpc.server import authorizer
 from saga_http import app as app_module
+from saga_http import routes as routes_module
 from tests.integration.test_rest_api import assert_error
 from tests.security.conftest import (
     SecureGrpc,
@@ -227,7 +228,9 @@ def done_saga(rest: SecureRest) -> str:
 
 def test_routes_table_matches_the_matrix() -> None:
     """The matrix covers every REST route, with the access level the ROUTES table gives it."""
-    table = {(r.method, r.rule.replace("<saga_id>", "{done}"), r.access) for r in app_module.ROUTES}
+    table = {
+        (r.method, r.rule.replace("<saga_id>", "{done}"), r.access) for r in routes_module.ROUTES
+    }
     assert table == {(m, p, a) for m, p, a, _, _ in REST_ENDPOINTS}
 
 

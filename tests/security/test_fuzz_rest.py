@@ -16,7 +16,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from saga_http.app import ROUTES
+from saga_http.routes import ROUTES
 from tests.integration.test_openapi import SchemaCheck
 from tests.security.conftest import SecureRest, bearer
 from tests.security.jwks import Keys
