@@ -214,6 +214,7 @@ REST_ENDPOINTS: list[tuple[str, str, str, Any, int]] = [
     ("POST", "/api/v1/sagas/{done}/compensate", "write", None, 409),
     ("POST", "/api/v1/workflows", "write", "workflow", 201),
     ("GET", "/api/v1/workflows", "read", None, 200),
+    ("GET", "/api/v1/stats", "read", None, 200),
 ]
 
 
