@@ -33,6 +33,7 @@ import yaml
 
 from saga.errors import ValidationError
 from saga.model import GRPC_CODE_NAMES, Backoff, RetryPolicy, Step, Workflow
+from saga.values import text_problem
 
 MAX_DOCUMENT_BYTES = 64 * 1024
 MAX_STEPS = 200
@@ -43,9 +44,10 @@ MAX_INTERVAL_LIMIT_MS = 24 * 3600 * 1000
 # SPEC §2: the nodes that aliases may stand for, summed over every alias of the expanded tree.
 MAX_ALIAS_NODES = 10_000
 
+# A gRPC method name, `Service.Method` or `pkg.Service.Method`; ASCII only, as gRPC paths travel
+# in HTTP/2 headers. The one rule: workflow parsing and the participant caller both use it.
 METHOD_PATTERN = re.compile(r"[A-Za-z_][\w.]*\.[A-Za-z_]\w*", re.ASCII)
 _SERVICE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*", re.ASCII)
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 _CORE = "tag:yaml.org,2002:"
 _ALLOWED_TAGS = frozenset(
@@ -214,9 +216,10 @@ def _check_strings(data: Any) -> None:
 
 
 def _clean(value: str, path: str, what: str) -> None:
-    if "\x00" in value:
+    problem = text_problem(value)
+    if problem == "NUL":
         raise ValidationError(f"{path}: {what}contains a NUL character")
-    if _SURROGATE.search(value):
+    if problem == "surrogate":
         raise ValidationError(
             f"{path}: {what}contains a lone surrogate (a \\uD800-style escape; write the "
             "character itself)"
@@ -395,3 +398,16 @@ def _int(raw: Mapping[str, Any], key: str, path: str, default: int) -> int:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+
+def method_is_valid(method: str) -> bool:
+    """Whether `method` is a `Service.Method` or `pkg.Service.Method` name."""
+    return METHOD_PATTERN.fullmatch(method) is not None
+
+
+def grpc_path(method: str) -> str:
+    """`A.B` as the gRPC path `/A/B`, `pkg.A.B` as `/pkg.A/B` (SPEC §3); ValueError if invalid."""
+    if not method_is_valid(method):
+        raise ValueError(f"invalid method name: {method!r} (expected Service.Method)")
+    service, _, name = method.rpartition(".")
+    return f"/{service}/{name}"

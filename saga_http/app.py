@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from saga.errors import Conflict, NotFound, ValidationError
+from saga.values import check_text
 from saga_http.routes import ROUTES
 from workers.adapters import metrics
 from workers.adapters.auth import PUBLIC, Forbidden, TokenVerifier, Unauthenticated
@@ -228,7 +229,7 @@ class _Api:
         body = read_json_object(self.config)
         text = body.get("workflow_yaml")
         if isinstance(text, str):
-            inputs.clean_text(text, "workflow_yaml")
+            check_text(text, "workflow_yaml")
         workflow = self.engine.register_workflow(text)
         return reply(
             {"name": workflow.name, "step_count": len(workflow.steps), "version": workflow.version},

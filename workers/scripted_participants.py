@@ -45,7 +45,7 @@ from typing import Any
 import attrs
 import grpc
 
-from workers.adapters.participant import grpc_path
+from saga.workflow import grpc_path
 
 CONTROL_CALLS = "/participant.Control/Calls"
 CONTROL_RESET = "/participant.Control/Reset"

@@ -29,8 +29,17 @@ from typing import Any
 from attrs import define, field
 
 from saga.invariants import CallMade, SagaRecord
-from saga.model import Action, EventType, RetryPolicy, SagaStatus, Step, Workflow, new_saga
-from workers.adapters.participant import INVALID_RESPONSE, CallResult
+from saga.model import (
+    INVALID_RESPONSE,
+    Action,
+    EventType,
+    RetryPolicy,
+    SagaStatus,
+    Step,
+    Workflow,
+    new_saga,
+)
+from workers.adapters.participant import CallResult
 from workers.adapters.store.base import StoreRefused
 from workers.adapters.store.memory import MemoryStore
 from workers.interpreter import Executor, WorkflowCatalog

@@ -15,14 +15,9 @@ from typing import Any
 
 import pytest
 
-from workers.adapters.participant import (
-    INVALID_RESPONSE,
-    SERVICE_NOT_REGISTERED,
-    CallResult,
-    ParticipantCaller,
-    grpc_path,
-    method_is_valid,
-)
+from saga.model import INVALID_RESPONSE, SERVICE_NOT_REGISTERED
+from saga.workflow import grpc_path, method_is_valid
+from workers.adapters.participant import CallResult, ParticipantCaller
 from workers.scripted_participants import start_participant_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -222,11 +217,13 @@ def test_reply_that_is_not_a_json_object_is_invalid(caller: ParticipantCaller, m
     assert "not valid JSON" in result.message or "not a JSON object" in result.message
 
 
-def test_oversize_reply_is_resource_exhausted(caller: ParticipantCaller) -> None:
-    """A reply over the caller's receive cap fails with RESOURCE_EXHAUSTED; one under it passes."""
+def test_oversize_reply_is_an_unusable_reply(caller: ParticipantCaller) -> None:
+    """A reply over the caller's receive cap is reported as a reply that came and cannot be used
+    (INVALID_RESPONSE, naming the transport's RESOURCE_EXHAUSTED); one under it passes."""
     big = caller.call("shop", "Big.Reply", b"{}", 5.0, _metadata("k-big"))
     small = caller.call("shop", "Small.Reply", b"{}", 5.0, _metadata("k-small"))
-    assert (big.ok, big.code) == (False, "RESOURCE_EXHAUSTED")
+    assert (big.ok, big.code) == (False, INVALID_RESPONSE)
+    assert "RESOURCE_EXHAUSTED" in big.message
     assert small.ok and small.response["ok"] is True
 
 

@@ -7,7 +7,9 @@ No proto file is needed on either side: requests and replies travel as raw bytes
 This module must never raise for a remote failure (every outcome, including deadlines and
 malformed replies, becomes a ``CallResult``), never set up a channel or a stub per call (one
 channel per endpoint, one callable per path, both cached), and never decide what a failure
-means for the saga (retrying or not is the core's business, keyed on ``CallResult.code``).
+means for the saga: it reports facts (a gRPC status, or one of the core's caller codes:
+``SERVICE_NOT_REGISTERED``, ``INVALID_METHOD``, ``INVALID_RESPONSE`` for a reply that came but
+cannot be used, too large included), and retrying or not is decided in ``saga.decide``.
 """
 
 from __future__ import annotations
@@ -23,24 +25,19 @@ import attrs
 import grpc
 
 from saga.errors import ValidationError
-from workers.service.inputs import check_json
+from saga.model import INVALID_METHOD, INVALID_RESPONSE, SERVICE_NOT_REGISTERED
+from saga.values import check_json, storable_text
+from saga.workflow import grpc_path, method_is_valid
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_REPLY_BYTES = 1024 * 1024
 _MAX_REPLY_DEPTH = 256
 
-# Codes made up by the caller itself (the remote never answered with them); the rest of
-# ``CallResult.code`` values are gRPC status names.
-SERVICE_NOT_REGISTERED = "SERVICE_NOT_REGISTERED"
-INVALID_METHOD = "INVALID_METHOD"
-INVALID_RESPONSE = "INVALID_RESPONSE"
+# The code of a call that never went out because the caller was closed (a gRPC status name).
 CALLER_CLOSED = "CANCELLED"
-
-# ASCII only: gRPC paths travel in HTTP/2 headers.
-_METHOD_PATTERN = re.compile(r"[A-Za-z_][\w.]*\.[A-Za-z_]\w*", re.ASCII)
 
 # SPEC §3: a participant's status detail is stored without NUL and at most this long.
 MAX_DETAIL_CHARS = 1024
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 # gRPC's own text for a failed transport names resolved addresses (`ipv4:10.0.0.5:50051`);
 # these phrases are how it says the connection, not the participant, failed.
 _ADDRESS = re.compile(r"\b(?:ipv4|ipv6|unix|unix-abstract|vsock):[^\s,;]+", re.IGNORECASE)
@@ -59,19 +56,6 @@ _TRANSPORT_PHRASES = (
 )
 
 
-def method_is_valid(method: str) -> bool:
-    """Tell whether ``method`` is a ``Service.Method`` or ``pkg.Service.Method`` name."""
-    return _METHOD_PATTERN.fullmatch(method) is not None
-
-
-def grpc_path(method: str) -> str:
-    """Turn ``A.B`` into ``/A/B`` and ``pkg.A.B`` into ``/pkg.A/B``; raise ValueError if invalid."""
-    if not method_is_valid(method):
-        raise ValueError(f"invalid method name: {method!r} (expected Service.Method)")
-    service, _, name = method.rpartition(".")
-    return f"/{service}/{name}"
-
-
 @attrs.frozen
 class CallResult:
     """The outcome of one attempt: a parsed JSON reply, or a status code name and details."""
@@ -87,7 +71,7 @@ class CallResult:
 def participant_detail(text: str) -> str:
     """A status detail as it may be stored and shown: NUL and lone surrogates replaced by
     U+FFFD, cut to `MAX_DETAIL_CHARS` characters (the last one an ellipsis when cut)."""
-    cleaned = _UNSTORABLE.sub("\ufffd", text)
+    cleaned = storable_text(text)
     if len(cleaned) > MAX_DETAIL_CHARS:
         cleaned = cleaned[: MAX_DETAIL_CHARS - 1] + "\u2026"
     return cleaned
@@ -142,7 +126,9 @@ class ParticipantCaller:
         services: Mapping[str, tuple[str, int]],
         max_send_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_receive_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
     ) -> None:
+        self._max_reply = max_reply_bytes
         self._endpoints: dict[str, str] = {
             name: f"{host}:{port}" for name, (host, port) in services.items()
         }
@@ -161,10 +147,6 @@ class ParticipantCaller:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def endpoint(self, service: str) -> str | None:
-        """Return ``host:port`` of a registered service, or None."""
-        return self._endpoints.get(service)
 
     def _callable(self, endpoint: str, path: str) -> grpc.UnaryUnaryMultiCallable | None:
         key = (endpoint, path)
@@ -251,10 +233,25 @@ class ParticipantCaller:
                 code = exc.code() if isinstance(exc, grpc.Call) else None
                 name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
                 details = exc.details() if isinstance(exc, grpc.Call) else None
-                done(failed(name, _failure_detail(service, endpoint, name, details or str(exc))))
+                text = details or str(exc)
+                if name == "RESOURCE_EXHAUSTED" and "larger than max" in text:
+                    # The transport cut off a reply over its receive cap: a reply came, unusable.
+                    text = f"participant reply too large (RESOURCE_EXHAUSTED: {text})"
+                    done(failed(INVALID_RESPONSE, _failure_detail(service, endpoint, name, text)))
+                    return
+                done(failed(name, _failure_detail(service, endpoint, name, text)))
                 return
             except grpc.FutureCancelledError:
                 done(failed(CALLER_CLOSED, "call cancelled"))
+                return
+            if len(body) > self._max_reply:
+                done(
+                    failed(
+                        INVALID_RESPONSE,
+                        f"participant reply is {len(body)} bytes, over the {self._max_reply}-byte"
+                        " limit (RESOURCE_EXHAUSTED)",
+                    )
+                )
                 return
             reply = _parse_reply(body)
             if isinstance(reply, str):

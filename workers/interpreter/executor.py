@@ -47,7 +47,7 @@ from saga.events import (
     StepFailed,
     StepSucceeded,
 )
-from saga.model import INVALID_RESPONSE, SagaState, SagaStatus, StepStatus, Workflow
+from saga.model import SagaState, SagaStatus, StepStatus, Workflow
 from workers.adapters import metrics
 from workers.adapters.participant import CallResult, ParticipantCaller
 from workers.adapters.store.base import (
@@ -144,7 +144,6 @@ class Executor:
         lease_secs: float = 30.0,
         claim_interval_secs: float = 0.2,
         commit_batch: int = 512,
-        response_limit_bytes: int = 1024 * 1024,
         clock: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = lambda: random.uniform(-1.0, 1.0),
@@ -157,7 +156,6 @@ class Executor:
         self._lease = lease_secs
         self._claim_interval = claim_interval_secs
         self._batch = commit_batch
-        self._response_limit = response_limit_bytes
         self._clock = clock
         self._monotonic = monotonic
         self._jitter = jitter
@@ -385,26 +383,12 @@ class Executor:
         """The facts of one attempt, as the event `decide` takes."""
         now = self._clock()
         if result.ok:
-            if result.size > self._response_limit:
-                return StepFailed(
-                    at=now,
-                    code=INVALID_RESPONSE,
-                    message=f"participant reply is {result.size} bytes, over the "
-                    f"{self._response_limit}-byte limit (RESOURCE_EXHAUSTED)",
-                )
             return StepSucceeded(at=now, response=result.response)
         code = result.code or "UNKNOWN"
-        message = result.message
-        if code == "RESOURCE_EXHAUSTED" and "larger than max" in message:
-            # A reply over the receive cap, cut off by the transport: a reply came, unusable.
-            code, message = (
-                INVALID_RESPONSE,
-                f"participant reply too large (RESOURCE_EXHAUSTED: {message})",
-            )
         return StepFailed(
             at=now,
             code=code,
-            message=message,
+            message=result.message,
             timed_out=code == "DEADLINE_EXCEEDED",
             jitter=self._jitter(),
         )

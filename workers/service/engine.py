@@ -69,6 +69,7 @@ class Engine:
                 config.service_map,
                 max_send_bytes=config.limits.grpc_send_bytes,
                 max_receive_bytes=config.limits.grpc_receive_bytes,
+                max_reply_bytes=config.limits.participant_response_bytes,
             )
             self.executor = Executor(
                 store,
@@ -78,7 +79,6 @@ class Engine:
                 lease_secs=config.saga.lease_secs,
                 claim_interval_secs=config.saga.claim_interval_ms / 1000.0,
                 commit_batch=config.saga.commit_batch,
-                response_limit_bytes=config.limits.participant_response_bytes,
             )
         self.relay: OutboxRelay | None = None
         if relay and config.kafka is not None:

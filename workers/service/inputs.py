@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from typing import Any
 
 from saga.errors import ValidationError
 from saga.model import SagaStatus
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
+from saga.values import check_json, check_text
 
 
 def saga_id(value: Any, field: str = "saga_id") -> str:
@@ -26,14 +24,6 @@ def saga_id(value: Any, field: str = "saga_id") -> str:
         raise ValidationError(f"{field}: not a valid UUID") from None
 
 
-def clean_text(value: str, field: str) -> str:
-    if "\x00" in value:
-        raise ValidationError(f"{field}: must not contain NUL characters")
-    if _SURROGATE.search(value):
-        raise ValidationError(f"{field}: must not contain lone surrogates")
-    return value
-
-
 def optional_string(value: Any, field: str, max_length: int) -> str | None:
     if value is None:
         return None
@@ -41,7 +31,7 @@ def optional_string(value: Any, field: str, max_length: int) -> str | None:
         raise ValidationError(f"{field}: must be a string")
     if len(value) > max_length:
         raise ValidationError(f"{field}: must be at most {max_length} characters")
-    return clean_text(value, field)
+    return check_text(value, field)
 
 
 def required_string(value: Any, field: str, max_length: int) -> str:
@@ -50,28 +40,6 @@ def required_string(value: Any, field: str, max_length: int) -> str:
     result = optional_string(value, field, max_length)
     assert result is not None
     return result
-
-
-def check_json(value: Any, field: str, *, max_depth: int) -> None:
-    """Refuse NUL bytes and lone surrogates anywhere (PostgreSQL cannot store them) and
-    nesting deeper than `max_depth`; iterative, so a hostile depth costs no stack."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            if depth > max_depth:
-                raise ValidationError(f"{field}: nested deeper than {max_depth} levels")
-            for key, child in item.items():
-                clean_text(key, field)
-                stack.append((child, depth + 1))
-        elif isinstance(item, list):
-            if depth > max_depth:
-                raise ValidationError(f"{field}: nested deeper than {max_depth} levels")
-            stack.extend((child, depth + 1) for child in item)
-        elif isinstance(item, str):
-            clean_text(item, field)
-        elif isinstance(item, float) and item != item or item in (float("inf"), float("-inf")):
-            raise ValidationError(f"{field}: numbers must be finite")
 
 
 def payload(value: Any, *, max_bytes: int, max_depth: int) -> dict[str, Any]:
