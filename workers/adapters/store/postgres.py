@@ -30,13 +30,14 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from saga.codec import (
-    compensation_from_dict,
     compensation_to_dict,
     workflow_from_dict,
     workflow_to_dict,
 )
 from saga.model import (
     ACTIVE_STATUSES,
+    CANCELLABLE_STATUSES,
+    TERMINAL_STATUSES,
     Action,
     SagaState,
     SagaStatus,
@@ -65,6 +66,13 @@ from workers.adapters.store.migrate import (
     qualify,
     validate_schema,
 )
+from workers.adapters.store.rows import (
+    LOG_COLUMNS,
+    STATE_COLUMNS,
+    log_from_row,
+    sql_list,
+    state_from_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +87,13 @@ _REFUSALS = (
     TypeError,
 )
 
-_STATE_COLUMNS = (
-    "id, workflow_name, workflow_version, status, current_step, payload, correlation_id,"
-    " initiated_by, error_message, created_at, updated_at, compensation"
-)
-_LOG_COLUMNS = (
-    "id, saga_id, step_index, step_name, action, status, request_payload, response_payload,"
-    " error_message, started_at, completed_at"
-)
-_ACTIVE = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_STATUSES))
-_CANCELLABLE = f"'{SagaStatus.STARTED.value}', '{SagaStatus.RUNNING.value}'"
+_STATE_COLUMNS = STATE_COLUMNS
+_LOG_COLUMNS = LOG_COLUMNS
+
+
+_ACTIVE = sql_list(ACTIVE_STATUSES)
+_CANCELLABLE = sql_list(CANCELLABLE_STATUSES)
+_TERMINAL = sql_list(TERMINAL_STATUSES)
 
 # --------------------------------------------------------------------------- statements
 # `{schema}` is replaced once per store by a validated identifier (see `qualify`).
@@ -140,9 +145,9 @@ SELECT date_trunc('minute', created_at) AS minute, count(*) AS n FROM {schema}.s
 WHERE created_at >= %s GROUP BY 1
 """
 
-_ENDED_BY_MINUTE = """
-SELECT date_trunc('minute', updated_at) AS minute, count(*) AS n FROM {schema}.saga_states
-WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED') AND updated_at >= %s GROUP BY 1
+_ENDED_BY_MINUTE = f"""
+SELECT date_trunc('minute', updated_at) AS minute, count(*) AS n FROM {{schema}}.saga_states
+WHERE status IN ({_TERMINAL}) AND updated_at >= %s GROUP BY 1
 """
 
 _IS_CANCEL_REQUESTED = "SELECT cancel_requested FROM {schema}.saga_states WHERE id = %s"
@@ -411,37 +416,16 @@ def _utc_required(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+def _as_is(value: Any) -> Any:
+    return value
+
+
 def _state_from_row(row: Mapping[str, Any]) -> SagaState:
-    return SagaState(
-        saga_id=str(row["id"]),
-        workflow_name=row["workflow_name"],
-        workflow_version=row["workflow_version"],
-        status=SagaStatus(row["status"]),
-        current_step=row["current_step"],
-        payload=row["payload"] if row["payload"] is not None else {},
-        correlation_id=row["correlation_id"],
-        initiated_by=row["initiated_by"],
-        error_message=row["error_message"],
-        created_at=_utc_required(row["created_at"]),
-        updated_at=_utc_required(row["updated_at"]),
-        compensation=compensation_from_dict(row["compensation"]),
-    )
+    return state_from_row(row, _utc_required, _as_is)
 
 
 def _log_from_row(row: Mapping[str, Any]) -> StepLog:
-    return StepLog(
-        id=str(row["id"]),
-        saga_id=str(row["saga_id"]),
-        step_index=row["step_index"],
-        step_name=row["step_name"],
-        action=Action(row["action"]),
-        status=StepStatus(row["status"]),
-        request_payload=row["request_payload"],
-        response_payload=row["response_payload"],
-        error_message=row["error_message"],
-        started_at=_utc_required(row["started_at"]),
-        completed_at=_utc(row["completed_at"]),
-    )
+    return log_from_row(row, _utc_required, _as_is)
 
 
 def _workflow_from_row(row: Mapping[str, Any]) -> Workflow:

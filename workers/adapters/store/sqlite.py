@@ -1,6 +1,12 @@
 """The embedded default store: one SQLite file in WAL mode, safe for several processes on one
 machine. Writes take the database write lock (`BEGIN IMMEDIATE`), so claims never overlap;
-lease times come from this machine's clock, which every process on it shares."""
+lease times come from this machine's clock, which every process on it shares.
+
+Shaped like the PostgreSQL store: named statements below, rows read by column name and mapped
+by `rows`, versioned `.sql` migrations (`migrations/sqlite/`) run by the same runner. It writes
+what `saga.decide` committed and never decides anything about a saga; the status sets it
+filters on come from `saga.model`.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +22,16 @@ from typing import Any
 
 from attrs import evolve
 
-from saga.codec import (
-    compensation_from_dict,
-    compensation_to_dict,
-    workflow_from_dict,
-    workflow_to_dict,
+from saga.codec import compensation_to_dict, workflow_from_dict, workflow_to_dict
+from saga.model import (
+    ACTIVE_STATUSES,
+    CANCELLABLE_STATUSES,
+    TERMINAL_STATUSES,
+    SagaState,
+    SagaStatus,
+    StepLog,
+    Workflow,
 )
-from saga.model import Action, SagaState, SagaStatus, StepLog, StepStatus, Workflow
 from workers.adapters.store.base import (
     CancelOutcome,
     Claimed,
@@ -37,6 +46,14 @@ from workers.adapters.store.base import (
     refusal_reason,
 )
 from workers.adapters.store.events import event_body
+from workers.adapters.store.migrate import migrate_sqlite
+from workers.adapters.store.rows import (
+    LOG_COLUMNS,
+    STATE_COLUMNS,
+    log_from_row,
+    sql_list,
+    state_from_row,
+)
 
 # What SQLite (or the binding of a value) raises for data it will not keep; the rest
 # (OperationalError: locked, I/O) means it could not answer.
@@ -50,92 +67,126 @@ _REFUSALS = (
     OverflowError,
 )
 
-_ACTIVE = ("STARTED", "RUNNING", "COMPENSATING")
 
-MIGRATIONS: list[tuple[int, str, str]] = [
-    (
-        1,
-        "initial",
-        """
-        CREATE TABLE saga_states (
-            id TEXT PRIMARY KEY,
-            workflow_name TEXT NOT NULL CHECK (length(workflow_name) <= 255),
-            workflow_version INTEGER NOT NULL DEFAULT 1,
-            current_step INTEGER NOT NULL DEFAULT 0,
-            status TEXT NOT NULL DEFAULT 'STARTED' CHECK (status IN
-                ('STARTED','RUNNING','COMPLETED','COMPENSATING','FAILED','CANCELLED')),
-            payload TEXT,
-            correlation_id TEXT,
-            initiated_by TEXT,
-            error_message TEXT,
-            created_at TEXT NOT NULL,
-            updated_at TEXT NOT NULL,
-            cancel_requested INTEGER NOT NULL DEFAULT 0,
-            compensation TEXT,
-            lease_owner TEXT,
-            lease_token INTEGER NOT NULL DEFAULT 0,
-            lease_expires_at REAL,
-            idempotency_key TEXT UNIQUE,
-            request_hash TEXT,
-            seq INTEGER NOT NULL
-        );
-        CREATE INDEX idx_saga_states_workflow_name ON saga_states (workflow_name, created_at);
-        CREATE INDEX idx_saga_states_status ON saga_states (status, created_at);
-        CREATE INDEX idx_saga_states_created_at ON saga_states (created_at);
-        CREATE INDEX idx_saga_states_correlation_id ON saga_states (correlation_id)
-            WHERE correlation_id IS NOT NULL;
-        CREATE INDEX idx_saga_states_claim ON saga_states (created_at)
-            WHERE status IN ('STARTED','RUNNING','COMPENSATING');
-        CREATE TABLE saga_step_logs (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            id TEXT NOT NULL UNIQUE,
-            saga_id TEXT NOT NULL REFERENCES saga_states (id) ON DELETE CASCADE,
-            step_index INTEGER NOT NULL,
-            step_name TEXT NOT NULL,
-            action TEXT NOT NULL CHECK (action IN ('EXECUTE','COMPENSATE')),
-            status TEXT NOT NULL CHECK (status IN ('SUCCESS','FAILED','TIMEOUT','SKIPPED')),
-            request_payload TEXT,
-            response_payload TEXT,
-            error_message TEXT,
-            started_at TEXT NOT NULL,
-            completed_at TEXT
-        );
-        CREATE INDEX idx_saga_step_logs_saga_id_step_index ON saga_step_logs (saga_id, step_index);
-        CREATE TABLE workflow_definitions (
-            name TEXT NOT NULL,
-            version INTEGER NOT NULL,
-            definition TEXT NOT NULL,
-            created_at TEXT NOT NULL,
-            PRIMARY KEY (name, version)
-        );
-        CREATE TABLE outbox (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            event_id TEXT NOT NULL UNIQUE,
-            saga_id TEXT NOT NULL,
-            event_type TEXT NOT NULL,
-            body TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            published_at REAL,
-            claimed_by TEXT,
-            claim_expires_at REAL
-        );
-        CREATE INDEX idx_outbox_unpublished ON outbox (seq) WHERE published_at IS NULL;
-        """,
-    ),
-    (
-        2,
-        "ended_index",
-        """
-        CREATE INDEX idx_saga_states_ended ON saga_states (updated_at)
-            WHERE status IN ('COMPLETED','FAILED','CANCELLED');
-        """,
-    ),
-]
+_ACTIVE = sql_list(ACTIVE_STATUSES)
+_CANCELLABLE = sql_list(CANCELLABLE_STATUSES)
+_TERMINAL = sql_list(TERMINAL_STATUSES)
 
-_SAGA_COLUMNS = (
-    "id, workflow_name, workflow_version, current_step, status, payload, correlation_id, "
-    "initiated_by, error_message, created_at, updated_at, compensation"
+# --------------------------------------------------------------------------- statements
+
+_LATEST_VERSION = "SELECT COALESCE(MAX(version), 0) AS v FROM workflow_definitions WHERE name = ?"
+_INSERT_WORKFLOW = """
+INSERT INTO workflow_definitions (name, version, definition, created_at) VALUES (?, ?, ?, ?)
+"""
+_GET_WORKFLOW_LATEST = """
+SELECT definition FROM workflow_definitions WHERE name = ? ORDER BY version DESC LIMIT 1
+"""
+_GET_WORKFLOW_VERSION = "SELECT definition FROM workflow_definitions WHERE name = ? AND version = ?"
+_LIST_WORKFLOWS = """
+SELECT definition FROM workflow_definitions AS d
+WHERE version = (SELECT MAX(version) FROM workflow_definitions WHERE name = d.name)
+ORDER BY name
+"""
+
+_SAGA_BY_IDEMPOTENCY_KEY = (
+    f"SELECT {STATE_COLUMNS}, request_hash FROM saga_states WHERE idempotency_key = ?"
 )
+_NEXT_SEQ = "SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM saga_states"
+_CREATE_SAGA = """
+INSERT INTO saga_states (
+    id, workflow_name, workflow_version, current_step, status, payload, correlation_id,
+    initiated_by, error_message, created_at, updated_at, idempotency_key, request_hash, seq)
+VALUES (:id, :workflow_name, :workflow_version, :current_step, :status, :payload,
+        :correlation_id, :initiated_by, :error_message, :created_at, :updated_at,
+        :idempotency_key, :request_hash, :seq)
+"""
+_GET_SAGA = f"SELECT {STATE_COLUMNS} FROM saga_states WHERE id = ?"
+# Insertion order: logs are written when a step ends, by the one executor holding the saga.
+_GET_STEP_LOGS = f"SELECT {LOG_COLUMNS} FROM saga_step_logs WHERE saga_id = ? ORDER BY seq"
+
+_STATUS_COUNTS = "SELECT status, count(*) AS n FROM saga_states GROUP BY status"
+_STARTED_BY_MINUTE = """
+SELECT substr(created_at, 1, 16) AS minute, count(*) AS n FROM saga_states
+WHERE created_at >= ? GROUP BY 1
+"""
+_ENDED_BY_MINUTE = f"""
+SELECT substr(updated_at, 1, 16) AS minute, count(*) AS n FROM saga_states
+WHERE status IN ({_TERMINAL}) AND updated_at >= ? GROUP BY 1
+"""
+
+_REQUEST_CANCEL = f"""
+UPDATE saga_states SET cancel_requested = 1
+WHERE id = ? AND status IN ({_CANCELLABLE})
+RETURNING {STATE_COLUMNS}
+"""
+_IS_CANCEL_REQUESTED = "SELECT cancel_requested FROM saga_states WHERE id = ?"
+
+# A read first: an idle poll must not take the database write lock.
+_ANY_CLAIMABLE = f"""
+SELECT 1 FROM saga_states
+WHERE status IN ({_ACTIVE}) AND (lease_expires_at IS NULL OR lease_expires_at < ?) LIMIT 1
+"""
+_CLAIMABLE = f"""
+SELECT {STATE_COLUMNS}, cancel_requested, lease_owner, lease_token FROM saga_states
+WHERE status IN ({_ACTIVE}) AND (lease_expires_at IS NULL OR lease_expires_at < ?)
+ORDER BY created_at, seq LIMIT ?
+"""
+_TAKE_LEASE = """
+UPDATE saga_states SET lease_owner = ?, lease_token = lease_token + 1, lease_expires_at = ?
+WHERE id = ?
+"""
+_RENEW = f"""
+UPDATE saga_states SET lease_expires_at = ?
+WHERE id = ? AND lease_owner = ? AND lease_token = ? AND status IN ({_ACTIVE})
+"""
+_RELEASE = """
+UPDATE saga_states SET lease_owner = NULL, lease_expires_at = NULL
+WHERE id = ? AND lease_owner = ? AND lease_token = ?
+"""
+
+# Fenced by (owner, token); with `guard`, not over a cancel set since the executor last read it.
+_COMMIT = """
+UPDATE saga_states
+SET status = :status, current_step = :current_step, error_message = :error_message,
+    updated_at = :updated_at, compensation = :compensation, lease_owner = :lease_owner,
+    lease_expires_at = :lease_expires_at
+WHERE id = :id AND lease_owner = :owner AND lease_token = :token
+  AND NOT (:guard AND cancel_requested)
+RETURNING cancel_requested
+"""
+_NOT_WRITTEN = """
+SELECT cancel_requested, lease_owner = ? AND lease_token = ? AS held FROM saga_states WHERE id = ?
+"""
+_INSERT_LOG = """
+INSERT OR IGNORE INTO saga_step_logs (
+    id, saga_id, step_index, step_name, action, status, request_payload, response_payload,
+    error_message, started_at, completed_at)
+VALUES (?,?,?,?,?,?,?,?,?,?,?)
+"""
+_INSERT_EVENT = """
+INSERT INTO outbox (event_id, saga_id, event_type, body, created_at) VALUES (?,?,?,?,?)
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+# A row is handed out only when no older unpublished row of its saga is held by another relay.
+_CLAIM_OUTBOX = """
+SELECT seq, event_id, saga_id, event_type, body FROM outbox AS o
+WHERE published_at IS NULL
+  AND (claimed_by IS NULL OR claimed_by = :owner OR claim_expires_at < :now)
+  AND NOT EXISTS (
+      SELECT 1 FROM outbox AS p
+      WHERE p.saga_id = o.saga_id AND p.seq < o.seq AND p.published_at IS NULL
+        AND p.claimed_by IS NOT NULL AND p.claimed_by <> :owner AND p.claim_expires_at >= :now)
+ORDER BY seq LIMIT :limit
+"""
+_TAKE_OUTBOX = "UPDATE outbox SET claimed_by = ?, claim_expires_at = ? WHERE seq = ?"
+_MARK_PUBLISHED = "UPDATE outbox SET published_at = ? WHERE seq = ?"
+_OUTBOX_STATS = (
+    "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE published_at IS NULL"
+)
+_PRUNE_OUTBOX = "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?"
+
+# --------------------------------------------------------------------------- conversions
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -145,9 +196,7 @@ def _ts(value: datetime | None) -> str | None:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _dt(text: str | None) -> datetime | None:
-    if text is None:
-        return None
+def _dt(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
@@ -159,33 +208,39 @@ def _unjson(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-def _state(row: sqlite3.Row | tuple[Any, ...]) -> SagaState:
-    created = _dt(row[9])
-    updated = _dt(row[10])
-    assert created is not None and updated is not None
-    return SagaState(
-        saga_id=row[0],
-        workflow_name=row[1],
-        workflow_version=row[2],
-        current_step=row[3],
-        status=SagaStatus(row[4]),
-        payload=_unjson(row[5]) or {},
-        correlation_id=row[6],
-        initiated_by=row[7],
-        error_message=row[8],
-        created_at=created,
-        updated_at=updated,
-        compensation=compensation_from_dict(_unjson(row[11])),
-    )
+def _state(row: sqlite3.Row) -> SagaState:
+    return state_from_row(row, _dt, _unjson)
 
 
-def _by_minute(rows: Sequence[tuple[str, int]]) -> dict[datetime, int]:
+def _by_minute(rows: Sequence[sqlite3.Row]) -> dict[datetime, int]:
     return {
-        datetime.strptime(minute, "%Y-%m-%dT%H:%M").replace(tzinfo=UTC): n for minute, n in rows
+        datetime.strptime(r["minute"], "%Y-%m-%dT%H:%M").replace(tzinfo=UTC): r["n"] for r in rows
     }
 
 
+def _log_values(g: StepLog) -> tuple[Any, ...]:
+    return (
+        g.id,
+        g.saga_id,
+        g.step_index,
+        g.step_name,
+        g.action.value,
+        g.status.value,
+        _json(None if g.request_payload is None else dict(g.request_payload)),
+        _json(None if g.response_payload is None else dict(g.response_payload)),
+        g.error_message,
+        _ts(g.started_at),
+        _ts(g.completed_at),
+    )
+
+
+# --------------------------------------------------------------------------- the store
+
+
 class SqliteStore(Store):
+    """A `Store` in one SQLite file; `clock` (seconds since the epoch) times leases and outbox
+    claims (tests move it)."""
+
     def __init__(
         self,
         path: str,
@@ -194,7 +249,6 @@ class SqliteStore(Store):
         busy_timeout_secs: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        # `clock` (seconds since the epoch) times leases and outbox claims; tests move it.
         self._clock = clock
         self._path = path
         self._outbox_on = outbox
@@ -204,7 +258,7 @@ class SqliteStore(Store):
         self._all_lock = threading.Lock()
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._migrate()
+        migrate_sqlite(self._conn(), _ts(datetime.now(UTC)) or "")
 
     # ---------------------------------------------------------------- connections
 
@@ -214,6 +268,7 @@ class SqliteStore(Store):
             conn = sqlite3.connect(
                 self._path, timeout=self._busy, isolation_level=None, check_same_thread=False
             )
+            conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -234,40 +289,18 @@ class SqliteStore(Store):
             raise
         conn.execute("COMMIT")
 
-    def _migrate(self) -> None:
-        with self._write() as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-            )
-            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-            for version, name, sql in MIGRATIONS:
-                if version in done:
-                    continue
-                for statement in sql.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
-                    (version, name, _ts(datetime.now(UTC))),
-                )
-
     def applied_migrations(self) -> list[int]:
-        return [
-            r[0] for r in self._conn().execute("SELECT version FROM schema_migrations ORDER BY 1")
-        ]
+        rows = self._conn().execute("SELECT version FROM schema_migrations ORDER BY 1")
+        return [r["version"] for r in rows]
 
     # ---------------------------------------------------------------- workflows
 
     def register_workflow(self, workflow: Workflow) -> Workflow:
         with self._write() as conn:
-            (latest,) = conn.execute(
-                "SELECT COALESCE(MAX(version), 0) FROM workflow_definitions WHERE name = ?",
-                (workflow.name,),
-            ).fetchone()
+            latest = conn.execute(_LATEST_VERSION, (workflow.name,)).fetchone()["v"]
             stored = evolve(workflow, version=latest + 1)
             conn.execute(
-                "INSERT INTO workflow_definitions VALUES (?, ?, ?, ?)",
+                _INSERT_WORKFLOW,
                 (
                     stored.name,
                     stored.version,
@@ -278,36 +311,16 @@ class SqliteStore(Store):
         return stored
 
     def get_workflow(self, name: str, version: int | None = None) -> Workflow | None:
+        conn = self._conn()
         if version is None:
-            row = (
-                self._conn()
-                .execute(
-                    "SELECT definition FROM workflow_definitions WHERE name = ? ORDER BY version DESC LIMIT 1",
-                    (name,),
-                )
-                .fetchone()
-            )
+            row = conn.execute(_GET_WORKFLOW_LATEST, (name,)).fetchone()
         else:
-            row = (
-                self._conn()
-                .execute(
-                    "SELECT definition FROM workflow_definitions WHERE name = ? AND version = ?",
-                    (name, version),
-                )
-                .fetchone()
-            )
-        return None if row is None else workflow_from_dict(json.loads(row[0]))
+            row = conn.execute(_GET_WORKFLOW_VERSION, (name, version)).fetchone()
+        return None if row is None else workflow_from_dict(json.loads(row["definition"]))
 
     def list_workflows(self) -> list[Workflow]:
-        rows = (
-            self._conn()
-            .execute(
-                "SELECT definition FROM workflow_definitions d WHERE version = "
-                "(SELECT MAX(version) FROM workflow_definitions WHERE name = d.name) ORDER BY name"
-            )
-            .fetchall()
-        )
-        return [workflow_from_dict(json.loads(r[0])) for r in rows]
+        rows = self._conn().execute(_LIST_WORKFLOWS).fetchall()
+        return [workflow_from_dict(json.loads(r["definition"])) for r in rows]
 
     # ---------------------------------------------------------------- sagas
 
@@ -320,75 +333,38 @@ class SqliteStore(Store):
     ) -> tuple[SagaState, str | None, bool]:
         with self._write() as conn:
             if idempotency_key is not None:
-                row = conn.execute(
-                    f"SELECT {_SAGA_COLUMNS}, request_hash FROM saga_states WHERE idempotency_key = ?",
-                    (idempotency_key,),
-                ).fetchone()
+                row = conn.execute(_SAGA_BY_IDEMPOTENCY_KEY, (idempotency_key,)).fetchone()
                 if row is not None:
-                    return _state(row), row[12], False
-            (seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM saga_states").fetchone()
+                    return _state(row), row["request_hash"], False
+            seq = conn.execute(_NEXT_SEQ).fetchone()["seq"]
             conn.execute(
-                "INSERT INTO saga_states (id, workflow_name, workflow_version, current_step, status, "
-                "payload, correlation_id, initiated_by, error_message, created_at, updated_at, "
-                "idempotency_key, request_hash, seq) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    state.saga_id,
-                    state.workflow_name,
-                    state.workflow_version,
-                    state.current_step,
-                    state.status.value,
-                    _json(dict(state.payload)),
-                    state.correlation_id,
-                    state.initiated_by,
-                    state.error_message,
-                    _ts(state.created_at),
-                    _ts(state.updated_at),
-                    idempotency_key,
-                    request_hash,
-                    seq,
-                ),
+                _CREATE_SAGA,
+                {
+                    "id": state.saga_id,
+                    "workflow_name": state.workflow_name,
+                    "workflow_version": state.workflow_version,
+                    "current_step": state.current_step,
+                    "status": state.status.value,
+                    "payload": _json(dict(state.payload)),
+                    "correlation_id": state.correlation_id,
+                    "initiated_by": state.initiated_by,
+                    "error_message": state.error_message,
+                    "created_at": _ts(state.created_at),
+                    "updated_at": _ts(state.updated_at),
+                    "idempotency_key": idempotency_key,
+                    "request_hash": request_hash,
+                    "seq": seq,
+                },
             )
         return state, request_hash, True
 
     def get_saga(self, saga_id: str) -> SagaState | None:
-        row = (
-            self._conn()
-            .execute(f"SELECT {_SAGA_COLUMNS} FROM saga_states WHERE id = ?", (saga_id,))
-            .fetchone()
-        )
+        row = self._conn().execute(_GET_SAGA, (saga_id,)).fetchone()
         return None if row is None else _state(row)
 
     def get_step_logs(self, saga_id: str) -> list[StepLog]:
-        rows = (
-            self._conn()
-            .execute(
-                "SELECT id, saga_id, step_index, step_name, action, status, request_payload, "
-                "response_payload, error_message, started_at, completed_at FROM saga_step_logs "
-                "WHERE saga_id = ? ORDER BY seq",
-                (saga_id,),
-            )
-            .fetchall()
-        )
-        logs = []
-        for r in rows:
-            started = _dt(r[9])
-            assert started is not None
-            logs.append(
-                StepLog(
-                    id=r[0],
-                    saga_id=r[1],
-                    step_index=r[2],
-                    step_name=r[3],
-                    action=Action(r[4]),
-                    status=StepStatus(r[5]),
-                    request_payload=_unjson(r[6]),
-                    response_payload=_unjson(r[7]),
-                    error_message=r[8],
-                    started_at=started,
-                    completed_at=_dt(r[10]),
-                )
-            )
-        return logs
+        rows = self._conn().execute(_GET_STEP_LOGS, (saga_id,)).fetchall()
+        return [log_from_row(r, _dt, _unjson) for r in rows]
 
     def list_sagas(self, filters: SagaFilter, page: int, page_size: int) -> SagaPage:
         where, params = [], []
@@ -403,98 +379,59 @@ class SqliteStore(Store):
             params.append(filters.correlation_id)
         clause = ("WHERE " + " AND ".join(where)) if where else ""
         conn = self._conn()
-        (total,) = conn.execute(f"SELECT COUNT(*) FROM saga_states {clause}", params).fetchone()
+        total = conn.execute(f"SELECT COUNT(*) AS n FROM saga_states {clause}", params).fetchone()
         offset = (page - 1) * page_size
-        if offset >= total:  # past the end: empty, without walking `offset` rows
-            return SagaPage((), total, page, page_size)
+        if offset >= total["n"]:  # past the end: empty, without walking `offset` rows
+            return SagaPage((), total["n"], page, page_size)
         rows = conn.execute(
-            f"SELECT {_SAGA_COLUMNS} FROM saga_states {clause} "
+            f"SELECT {STATE_COLUMNS} FROM saga_states {clause} "
             "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
             [*params, page_size, offset],
         ).fetchall()
-        return SagaPage(tuple(_state(r) for r in rows), total, page, page_size)
+        return SagaPage(tuple(_state(r) for r in rows), total["n"], page, page_size)
 
     def stats(self, since: datetime) -> SagaStats:
         conn = self._conn()
         counts = dict.fromkeys(SagaStatus, 0)
-        for status, n in conn.execute("SELECT status, count(*) FROM saga_states GROUP BY status"):
-            counts[SagaStatus(status)] = n
+        for row in conn.execute(_STATUS_COUNTS):
+            counts[SagaStatus(row["status"])] = row["n"]
         start = _ts(since)
-        started = conn.execute(
-            "SELECT substr(created_at, 1, 16), count(*) FROM saga_states "
-            "WHERE created_at >= ? GROUP BY 1",
-            (start,),
-        ).fetchall()
-        ended = conn.execute(
-            "SELECT substr(updated_at, 1, 16), count(*) FROM saga_states "
-            "WHERE status IN ('COMPLETED','FAILED','CANCELLED') AND updated_at >= ? GROUP BY 1",
-            (start,),
-        ).fetchall()
+        started = conn.execute(_STARTED_BY_MINUTE, (start,)).fetchall()
+        ended = conn.execute(_ENDED_BY_MINUTE, (start,)).fetchall()
         return SagaStats(counts, _by_minute(started), _by_minute(ended))
 
     def request_cancel(self, saga_id: str) -> CancelOutcome | None:
         with self._write() as conn:
-            row = conn.execute(
-                "UPDATE saga_states SET cancel_requested = 1 "
-                "WHERE id = ? AND status IN ('STARTED', 'RUNNING') "
-                f"RETURNING {_SAGA_COLUMNS}",
-                (saga_id,),
-            ).fetchone()
+            row = conn.execute(_REQUEST_CANCEL, (saga_id,)).fetchone()
             if row is not None:
                 return CancelOutcome(_state(row), True)
-            row = conn.execute(
-                f"SELECT {_SAGA_COLUMNS} FROM saga_states WHERE id = ?", (saga_id,)
-            ).fetchone()
+            row = conn.execute(_GET_SAGA, (saga_id,)).fetchone()
         return None if row is None else CancelOutcome(_state(row), False)
 
     def is_cancel_requested(self, saga_id: str) -> bool:
-        row = (
-            self._conn()
-            .execute("SELECT cancel_requested FROM saga_states WHERE id = ?", (saga_id,))
-            .fetchone()
-        )
-        return bool(row and row[0])
+        row = self._conn().execute(_IS_CANCEL_REQUESTED, (saga_id,)).fetchone()
+        return bool(row and row["cancel_requested"])
 
     # ---------------------------------------------------------------- execution
 
     def claim(self, owner: str, limit: int, lease_secs: float) -> list[Claimed]:
         if limit <= 0:
             return []
-        # A read first: an idle poll must not take the database write lock.
-        waiting = (
-            self._conn()
-            .execute(
-                "SELECT 1 FROM saga_states WHERE status IN ('STARTED','RUNNING','COMPENSATING') "
-                "AND (lease_expires_at IS NULL OR lease_expires_at < ?) LIMIT 1",
-                (self._clock(),),
-            )
-            .fetchone()
-        )
-        if waiting is None:
+        if self._conn().execute(_ANY_CLAIMABLE, (self._clock(),)).fetchone() is None:
             return []
         with self._write() as conn:
             # The clock is read once the write lock is held: a lease taken after a wait for
             # the lock must not be born already (partly) expired.
             now = self._clock()
-            rows = conn.execute(
-                f"SELECT {_SAGA_COLUMNS}, cancel_requested, lease_owner, lease_token FROM saga_states "
-                "WHERE status IN ('STARTED','RUNNING','COMPENSATING') "
-                "AND (lease_expires_at IS NULL OR lease_expires_at < ?) "
-                "ORDER BY created_at, seq LIMIT ?",
-                (now, limit),
-            ).fetchall()
-            conn.executemany(
-                "UPDATE saga_states SET lease_owner = ?, lease_token = lease_token + 1, "
-                "lease_expires_at = ? WHERE id = ?",
-                [(owner, now + lease_secs, r[0]) for r in rows],
-            )
+            rows = conn.execute(_CLAIMABLE, (now, limit)).fetchall()
+            conn.executemany(_TAKE_LEASE, [(owner, now + lease_secs, r["id"]) for r in rows])
         return [
             Claimed(
                 _state(r),
-                r[14] + 1,
-                bool(r[12]),
-                r[13] is not None and r[13] != owner,
-                r[13] is not None,
+                r["lease_token"] + 1,
+                bool(r["cancel_requested"]),
+                taken_over=r["lease_owner"] is not None and r["lease_owner"] != owner,
+                lease_expired=r["lease_owner"] is not None,
             )
             for r in rows
         ]
@@ -506,12 +443,7 @@ class SqliteStore(Store):
         with self._write() as conn:
             expires = self._clock() + lease_secs
             for saga_id, token in leases.items():
-                cur = conn.execute(
-                    "UPDATE saga_states SET lease_expires_at = ? WHERE id = ? AND lease_owner = ? "
-                    "AND lease_token = ? AND status IN ('STARTED','RUNNING','COMPENSATING')",
-                    (expires, saga_id, owner, token),
-                )
-                if cur.rowcount:
+                if conn.execute(_RENEW, (expires, saga_id, owner, token)).rowcount:
                     held.add(saga_id)
         return held
 
@@ -520,9 +452,7 @@ class SqliteStore(Store):
             return
         with self._write() as conn:
             conn.executemany(
-                "UPDATE saga_states SET lease_owner = NULL, lease_expires_at = NULL "
-                "WHERE id = ? AND lease_owner = ? AND lease_token = ?",
-                [(saga_id, owner, token) for saga_id, token in leases.items()],
+                _RELEASE, [(saga_id, owner, token) for saga_id, token in leases.items()]
             )
 
     def commit(
@@ -545,77 +475,41 @@ class SqliteStore(Store):
             for request in requests:
                 state = request.commit.state
                 terminal = state.terminal
-                guard = 1 if request.commit.unless_cancel_requested else 0
                 row = conn.execute(
-                    "UPDATE saga_states SET status = ?, current_step = ?, error_message = ?, "
-                    "updated_at = ?, compensation = ?, lease_owner = ?, lease_expires_at = ? "
-                    "WHERE id = ? AND lease_owner = ? AND lease_token = ? "
-                    "AND NOT (? AND cancel_requested) RETURNING cancel_requested",
-                    (
-                        state.status.value,
-                        state.current_step,
-                        state.error_message,
-                        _ts(state.updated_at),
-                        _json(compensation_to_dict(state.compensation)),
-                        None if terminal else owner,
-                        None if terminal else expires,
-                        state.saga_id,
-                        owner,
-                        request.lease_token,
-                        guard,
-                    ),
+                    _COMMIT,
+                    {
+                        "status": state.status.value,
+                        "current_step": state.current_step,
+                        "error_message": state.error_message,
+                        "updated_at": _ts(state.updated_at),
+                        "compensation": _json(compensation_to_dict(state.compensation)),
+                        "lease_owner": None if terminal else owner,
+                        "lease_expires_at": None if terminal else expires,
+                        "id": state.saga_id,
+                        "owner": owner,
+                        "token": request.lease_token,
+                        "guard": 1 if request.commit.unless_cancel_requested else 0,
+                    },
                 ).fetchone()
                 if row is None:
-                    flag = conn.execute(
-                        "SELECT cancel_requested, lease_owner = ? AND lease_token = ? "
-                        "FROM saga_states WHERE id = ?",
-                        (owner, request.lease_token, state.saga_id),
+                    found = conn.execute(
+                        _NOT_WRITTEN, (owner, request.lease_token, state.saga_id)
                     ).fetchone()
-                    held = bool(flag and flag[1])
-                    results.append(
-                        CommitResult(
-                            state.saga_id,
-                            not held,
-                            bool(flag and flag[0]),
-                            cancel_first=held,
-                        )
-                    )
+                    held = bool(found and found["held"])
+                    flag = bool(found and found["cancel_requested"])
+                    results.append(CommitResult(state.saga_id, not held, flag, cancel_first=held))
                     continue
-                results.append(CommitResult(state.saga_id, False, bool(row[0])))
-                logs.extend(
-                    (
-                        g.id,
-                        g.saga_id,
-                        g.step_index,
-                        g.step_name,
-                        g.action.value,
-                        g.status.value,
-                        _json(None if g.request_payload is None else dict(g.request_payload)),
-                        _json(None if g.response_payload is None else dict(g.response_payload)),
-                        g.error_message,
-                        _ts(g.started_at),
-                        _ts(g.completed_at),
-                    )
-                    for g in request.commit.step_logs
-                )
+                results.append(CommitResult(state.saga_id, False, bool(row["cancel_requested"])))
+                logs.extend(_log_values(g) for g in request.commit.step_logs)
                 if self._outbox_on:
                     events.extend(
                         (e.event_id, e.saga_id, e.event_type.value, _json(event_body(e)), now)
                         for e in request.commit.events
                     )
             if logs:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO saga_step_logs (id, saga_id, step_index, step_name, action, status, "
-                    "request_payload, response_payload, error_message, started_at, completed_at) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    logs,
-                )
+                conn.executemany(_INSERT_LOG, logs)
             if events:
-                conn.executemany(
-                    "INSERT INTO outbox (event_id, saga_id, event_type, body, created_at) "
-                    "VALUES (?,?,?,?,?) ON CONFLICT (event_id) DO NOTHING",
-                    events,
-                )
+                conn.executemany(_INSERT_EVENT, events)
         return results
 
     # ---------------------------------------------------------------- outbox
@@ -627,45 +521,29 @@ class SqliteStore(Store):
         now = self._clock()
         with self._write() as conn:
             rows = conn.execute(
-                "SELECT seq, event_id, saga_id, event_type, body FROM outbox o "
-                "WHERE published_at IS NULL "
-                "AND (claimed_by IS NULL OR claimed_by = ? OR claim_expires_at < ?) "
-                "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.saga_id = o.saga_id "
-                "  AND p.seq < o.seq AND p.published_at IS NULL "
-                "  AND p.claimed_by IS NOT NULL AND p.claimed_by <> ? AND p.claim_expires_at >= ?) "
-                "ORDER BY seq LIMIT ?",
-                (owner, now, owner, now, limit),
+                _CLAIM_OUTBOX, {"owner": owner, "now": now, "limit": limit}
             ).fetchall()
-            conn.executemany(
-                "UPDATE outbox SET claimed_by = ?, claim_expires_at = ? WHERE seq = ?",
-                [(owner, now + lease_secs, r[0]) for r in rows],
-            )
-        return [OutboxRow(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+            conn.executemany(_TAKE_OUTBOX, [(owner, now + lease_secs, r["seq"]) for r in rows])
+        return [
+            OutboxRow(r["seq"], r["event_id"], r["saga_id"], r["event_type"], json.loads(r["body"]))
+            for r in rows
+        ]
 
     def mark_published(self, seqs: Sequence[int]) -> None:
         if not seqs:
             return
         now = time.time()
         with self._write() as conn:
-            conn.executemany(
-                "UPDATE outbox SET published_at = ? WHERE seq = ?", [(now, s) for s in seqs]
-            )
+            conn.executemany(_MARK_PUBLISHED, [(now, s) for s in seqs])
 
     def outbox_stats(self) -> tuple[int, float | None]:
-        count, oldest = (
-            self._conn()
-            .execute("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE published_at IS NULL")
-            .fetchone()
-        )
-        return count, None if oldest is None else max(0.0, time.time() - oldest)
+        row = self._conn().execute(_OUTBOX_STATS).fetchone()
+        oldest = row["oldest"]
+        return row["n"], None if oldest is None else max(0.0, time.time() - oldest)
 
     def prune_outbox(self, older_than_secs: float) -> int:
         with self._write() as conn:
-            cur = conn.execute(
-                "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?",
-                (time.time() - older_than_secs,),
-            )
-            return cur.rowcount
+            return conn.execute(_PRUNE_OUTBOX, (time.time() - older_than_secs,)).rowcount
 
     # ---------------------------------------------------------------- lifecycle
 
