@@ -133,10 +133,6 @@ class Workflow:
     def step_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.steps)
 
-    @property
-    def services(self) -> frozenset[str]:
-        return frozenset(s.service for s in self.steps)
-
 
 @frozen
 class InFlight:

@@ -26,11 +26,20 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from saga.errors import Conflict, NotFound, ValidationError
 from saga.values import check_text
+from saga_http.codes import (
+    AUTH_MISSING_CLAIMS,
+    AUTH_PERMISSION_DENIED,
+    CONFLICT,
+    INTERNAL_ERROR,
+    NOT_FOUND,
+    PAYLOAD_TOO_LARGE,
+    VALIDATION_ERROR,
+)
 from saga_http.routes import ROUTES
 from workers.adapters import metrics
 from workers.adapters.auth import PUBLIC, Forbidden, TokenVerifier, Unauthenticated
 from workers.config import Config
-from workers.service import inputs, views
+from workers.service import views
 from workers.service.engine import Engine
 
 log = logging.getLogger("saga.http")
@@ -41,23 +50,6 @@ _REQUEST_ID_MAX = 128
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _LIST_QUERY = ("page", "page_size", "status", "workflow_name", "correlation_id")
 
-# Error codes of SPEC §4, and the HTTP status each one goes with.
-VALIDATION_ERROR = "SYS_SAGA_VALIDATION_ERROR"
-AUTH_MISSING_CLAIMS = "SYS_AUTH_MISSING_CLAIMS"
-AUTH_PERMISSION_DENIED = "SYS_AUTH_PERMISSION_DENIED"
-NOT_FOUND = "SYS_SAGA_NOT_FOUND"
-CONFLICT = "SYS_SAGA_CONFLICT"
-PAYLOAD_TOO_LARGE = "SYS_SAGA_PAYLOAD_TOO_LARGE"
-INTERNAL_ERROR = "SYS_SAGA_INTERNAL_ERROR"
-ERROR_CODES = (
-    VALIDATION_ERROR,
-    AUTH_MISSING_CLAIMS,
-    AUTH_PERMISSION_DENIED,
-    NOT_FOUND,
-    CONFLICT,
-    PAYLOAD_TOO_LARGE,
-    INTERNAL_ERROR,
-)
 _DOMAIN_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     (ValidationError, 400, VALIDATION_ERROR),
     (NotFound, 404, NOT_FOUND),

@@ -14,6 +14,7 @@ import copy
 from typing import Any
 
 from saga.model import SagaStatus
+from saga_http.codes import ERROR_CODES
 from workers.adapters.auth import PUBLIC, ROLES_FOR
 from workers.config import Config
 
@@ -27,15 +28,6 @@ MAX_PAGE = 10_000_000
 # Idempotency-Key: 1..255 printable ASCII characters; HTTP drops surrounding spaces.
 _IDEMPOTENCY_KEY = "^[!-~]([ -~]*[!-~])?$"
 _TIMESTAMP = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
-_ERROR_CODES = [
-    "SYS_SAGA_VALIDATION_ERROR",
-    "SYS_AUTH_MISSING_CLAIMS",
-    "SYS_AUTH_PERMISSION_DENIED",
-    "SYS_SAGA_NOT_FOUND",
-    "SYS_SAGA_CONFLICT",
-    "SYS_SAGA_PAYLOAD_TOO_LARGE",
-    "SYS_SAGA_INTERNAL_ERROR",
-]
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -120,7 +112,7 @@ def _schemas(config: Config) -> dict[str, Any]:
             {
                 "error": _closed(
                     {
-                        "code": {"type": "string", "enum": _ERROR_CODES},
+                        "code": {"type": "string", "enum": list(ERROR_CODES)},
                         "message": {"type": "string"},
                         "request_id": {
                             "type": "string",

@@ -131,6 +131,8 @@ class KafkaConfig:
     security_protocol: str = "PLAINTEXT"
     sasl: SaslConfig | None = None
     topics: TopicsConfig = field(factory=TopicsConfig)
+    # Accepted so that configuration files written for the original server load; this server
+    # only publishes (it consumes no topic), so it is not used (the engine says so at start).
     consumer_group: str | None = None
     retention_hours: float = 24.0
     relay_batch: int = 500

@@ -174,7 +174,6 @@ class Executor:
         self._threads: list[threading.Thread] = []
         self._down: dict[str, str] = {}
         self._first_claim = True
-        self.recovered = 0
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -529,7 +528,6 @@ class Executor:
         recovered = [c for c in claimed if c.taken_over or c.state.status is not SagaStatus.STARTED]
         takeovers = sum(1 for c in claimed if c.taken_over)
         if recovered:
-            self.recovered += len(recovered)
             metrics.RECOVERED.inc(len(recovered))
         if takeovers:
             metrics.TAKEOVERS.inc(takeovers)

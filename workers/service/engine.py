@@ -99,6 +99,8 @@ class Engine:
 
     def start(self) -> None:
         """Load `workflow_dir`, then start executing (when this process executes)."""
+        if self.config.kafka is not None and self.config.kafka.consumer_group:
+            log.info("kafka.consumer_group is ignored: this server only publishes events")
         self.load_workflow_dir()
         if self.executor is not None:
             self.executor.start()

@@ -21,9 +21,6 @@ from attrs import frozen
 from saga.events import Commit
 from saga.model import SagaState, SagaStatus, StepLog, Workflow
 
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
-
 
 @frozen
 class SagaFilter:
