@@ -6,7 +6,7 @@ run's own (bench/chaos_services.py), 2 REST API processes (gunicorn, `saga.execu
 applies — runs for a bounded time while a load generator starts sagas through REST (forward,
 compensating, cancelled) and a seeded fault schedule SIGKILLs workers, SIGSTOPs one past its
 lease, restarts PostgreSQL, stops and restarts the broker and SIGKILLs API processes. Then the
-faults stop, the sagas drain, and the invariants of bench/chaos_invariants.py are checked from
+faults stop, the sagas drain, and the promises of saga.invariants are checked from
 outside (REST, the participant's record, the topic). It prints the figures, writes
 `<out>/chaos-<UTC stamp>.json` and regenerates RELIABILITY.md. It is a measurement, not a test:
 it never fails on a figure (exit status 0 unless the run itself could not be carried out).
@@ -46,6 +46,9 @@ import yaml
 from bench import chaos_invariants as inv
 from bench import common as c
 from bench.chaos_services import PrivateKafka, PrivatePostgres, free_port
+from saga.invariants import END_EVENT
+from saga.model import SagaStatus
+from saga.workflow import parse_workflow
 
 # The participant server the run starts (its one mention: a rename is a one-line change here).
 PARTICIPANT_MODULE = "workers.scripted_participants"
@@ -102,9 +105,8 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------- topology
 
 
-def write_workflow(directory: Path) -> Path:
+def workflow_yaml() -> str:
     """The chaos workflow: STEPS steps, each with a compensation, short fixed retries."""
-    directory.mkdir(parents=True, exist_ok=True)
     steps = [
         {
             "name": f"step-{i}",
@@ -116,9 +118,13 @@ def write_workflow(directory: Path) -> Path:
         }
         for i in range(STEPS)
     ]
-    (directory / f"{WORKFLOW}.yaml").write_text(
-        yaml.safe_dump({"name": WORKFLOW, "steps": steps}, sort_keys=False)
-    )
+    return yaml.safe_dump({"name": WORKFLOW, "steps": steps}, sort_keys=False)
+
+
+def write_workflow(directory: Path) -> Path:
+    """Write the chaos workflow where every process of the run loads it from; the directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{WORKFLOW}.yaml").write_text(workflow_yaml())
     return directory
 
 
@@ -715,11 +721,7 @@ def read_topic(
     from kafka import KafkaConsumer, TopicPartition
 
     final = {
-        sid: {
-            "COMPLETED": inv.COMPLETED_EV,
-            "FAILED": inv.FAILED_EV,
-            "CANCELLED": inv.CANCELLED_EV,
-        }[d["saga"]["status"]]
+        sid: END_EVENT[SagaStatus(d["saga"]["status"])].value
         for sid, d in rest_seen.items()
         if d is not None and d["saga"]["status"] in inv.TERMINAL
     }
@@ -888,7 +890,7 @@ def main(argv: list[str] | None = None) -> int:
             calls=record.get("calls", []),
             applied=record.get("applied", {}),
             events=events,
-            step_count=STEPS,
+            workflow=parse_workflow(workflow_yaml()),
             failures_before_apply=FAILURES_BEFORE_APPLY,
             faults=faults.done,
         )

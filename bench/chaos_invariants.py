@@ -1,99 +1,88 @@
-"""The invariants a chaos run checks, from outside the server, in one place.
+"""The figures of a chaos run: the promises of `saga.invariants`, checked from outside.
 
 Everything here is a pure function of what was observed after the run: what the client was
 told (the saga ids the API acknowledged, the answers to its cancels), what REST shows (each
 saga and its step logs), what the participant applied (its record of every call and of how
 many times it applied each idempotency key) and what the events topic holds. No I/O.
 
-The invariants, in the saga's own words (SPEC §1, §3, §6, §8). Each is a figure that must be 0:
+The promises themselves are stated once, in `saga.invariants`: this module only turns each
+saga the run started into a `SagaRecord` (`records`), asks `saga.invariants.findings` about it
+and counts the findings by kind, one figure per kind (`FIGURES`, all must be 0). What the
+outside cannot see is said in the record, not by bending a rule:
 
-- sagas lost: every saga the API acknowledged with a `saga_id` is found over REST;
-- sagas stuck: once the faults have stopped and the drain period is over, every saga is
-  terminal (`COMPLETED`, `FAILED` or `CANCELLED`);
-- steps applied twice: the participant applied each idempotency key `<saga>:<step>:EXECUTE` at
-  most once (re-deliveries of an applied key are allowed: at-least-once per step);
-- steps logged twice: a saga's step logs hold at most one `EXECUTE` and one `COMPENSATE` log
-  per step (one log per execution, covering all its attempts);
-- calls with a wrong idempotency key: every participant call carries
-  `idempotency-key` = `<x-saga-id>:<x-saga-step>:<x-saga-action>`, for a saga the run started;
-- completed sagas with a step not applied: a `COMPLETED` saga had every step's `EXECUTE`
-  applied by the participant;
-- compensations missing: in a `FAILED` or `CANCELLED` saga, every step whose `EXECUTE` the
-  participant applied had its `COMPENSATE` applied;
-- compensations doubled: ... applied at most once;
-- compensations out of order: a saga's compensations were applied newest step first;
-- compensations in completed sagas: a `COMPLETED` saga had no compensation applied;
-- cancels answered 200 that completed: a cancel answered 200 never ends `COMPLETED`;
-- events missing / out of order / doubled / unexpected: per saga, de-duplicated by `event_id`,
-  the topic holds exactly the event types of its final status, in commit order:
-  `COMPLETED`: `SAGA_RUNNING, SAGA_COMPLETED`; `FAILED`: `SAGA_RUNNING, SAGA_COMPENSATING,
-  SAGA_FAILED`; `CANCELLED`: `SAGA_RUNNING, SAGA_COMPENSATING, SAGA_CANCELLED`, or
-  `SAGA_CANCELLED` alone for a saga cancelled before it ran (SPEC §6 lets `SAGA_COMPENSATING`
-  be absent when there was nothing to compensate); each event keyed by its saga id, its
-  `status` the one its type announces.
+- a participant call cannot be told apart from one made by a worker that was frozen past its
+  lease and has just been continued, so every call received within `STALE_AFTER_CONT_S` of a
+  SIGCONT is marked `stale` (counted apart, as `calls_maybe_from_a_deposed_worker`);
+- the leases are not visible, so the step a saga stood at (its first step without a successful
+  execution log) is `in_doubt`: an executor whose lease ran out may have called it unseen.
 
-Counted apart, because SPEC allows them:
-
-- compensations of unapplied steps: a `COMPENSATE` applied for a step whose `EXECUTE` the
-  participant never applied (SPEC §1/§3: a step whose outcome the server never learned is
-  compensated; participants treat that as a no-op);
-- re-deliveries: calls for a key the participant had already applied (at-least-once);
-- keys first applied after their saga ended: a call that took effect after REST shows the saga
-  terminal (an executor that lost its lease and still called out).
+Figures that are about the run rather than about one saga: calls that name no step of a saga
+the run started, and REST answers that could not be read as a saga (both must be 0). Counted
+apart, because SPEC allows them: compensations applied for a step whose EXECUTE the participant
+never applied (SPEC §1, §3), re-deliveries of an applied key (at-least-once), keys first applied
+after REST shows their saga ended (a deposed executor calling out), and the stale calls above.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
-EXECUTE = "EXECUTE"
-COMPENSATE = "COMPENSATE"
+from saga.codec import parse_timestamp
+from saga.invariants import (
+    PROMISES,
+    CallMade,
+    EventSeen,
+    Kind,
+    Outcome,
+    SagaRecord,
+    findings,
+)
+from saga.model import Action, SagaState, SagaStatus, StepLog, StepStatus, Workflow
 
-RUNNING_EV = "SAGA_RUNNING"
-COMPLETED_EV = "SAGA_COMPLETED"
-COMPENSATING_EV = "SAGA_COMPENSATING"
-FAILED_EV = "SAGA_FAILED"
-CANCELLED_EV = "SAGA_CANCELLED"
-# The status each event type announces (SPEC §6: `status` is the saga's status after the change).
-EVENT_STATUS = {
-    RUNNING_EV: "RUNNING",
-    COMPLETED_EV: "COMPLETED",
-    COMPENSATING_EV: "COMPENSATING",
-    FAILED_EV: "FAILED",
-    CANCELLED_EV: "CANCELLED",
-}
+TERMINAL = tuple(s.value for s in SagaStatus if s.terminal)
+EXECUTE = Action.EXECUTE.value
+COMPENSATE = Action.COMPENSATE.value
+# A worker continued after a SIGSTOP may still send a call it had decided before it froze; on a
+# loaded machine its first moments can take this long.
+STALE_AFTER_CONT_S = 2.0
 
+# (figure, the kind of finding it counts), every kind once, in the order they are printed.
+FIGURES: tuple[tuple[str, Kind], ...] = (
+    ("sagas_lost", Kind.SAGA_LOST),
+    ("sagas_stuck", Kind.SAGA_STUCK),
+    ("steps_applied_twice", Kind.STEP_APPLIED_TWICE),
+    ("steps_logged_twice", Kind.STEP_LOGGED_TWICE),
+    ("calls_with_wrong_key", Kind.CALL_WITH_WRONG_KEY),
+    ("completed_with_step_not_done", Kind.COMPLETED_WITH_STEP_NOT_DONE),
+    ("compensations_missing", Kind.COMPENSATION_MISSING),
+    ("compensations_doubled", Kind.COMPENSATION_APPLIED_TWICE),
+    ("compensations_of_steps_never_called", Kind.COMPENSATION_OF_UNCALLED_STEP),
+    ("compensations_out_of_order", Kind.COMPENSATIONS_OUT_OF_ORDER),
+    ("calls_after_compensation_began", Kind.CALLED_AFTER_COMPENSATION_BEGAN),
+    ("compensations_in_completed_sagas", Kind.COMPLETED_WITH_COMPENSATION),
+    ("cancels_200_completed", Kind.CANCEL_200_COMPLETED),
+    ("events_missing", Kind.EVENT_MISSING),
+    ("events_out_of_order", Kind.EVENTS_OUT_OF_ORDER),
+    ("events_doubled", Kind.EVENT_DOUBLED),
+    ("events_unexpected", Kind.EVENT_UNEXPECTED),
+)
+# Figures about the run as a whole, that must be 0 too.
+RUN_FIGURES: tuple[tuple[str, str], ...] = (
+    (
+        "calls_for_no_saga_of_the_run",
+        "every participant call names, in its `x-saga-*` metadata, a step of a saga the run"
+        " started",
+    ),
+    ("sagas_unreadable_over_rest", "REST shows every saga in the shape SPEC §4 gives it"),
+)
 # (name, what must hold) for every figure that must be 0, in the order they are printed.
 MUST_BE_ZERO: tuple[tuple[str, str], ...] = (
-    ("sagas_lost", "every saga the API acknowledged is found over REST"),
-    ("sagas_stuck", "after the faults and the drain period, every saga is terminal"),
-    ("steps_applied_twice", "the participant applied each `<saga>:<step>:EXECUTE` at most once"),
-    ("steps_logged_twice", "at most one EXECUTE and one COMPENSATE step log per step"),
-    (
-        "calls_with_wrong_key",
-        "every participant call carries `idempotency-key` = `<x-saga-id>:<x-saga-step>:<x-saga-action>`",
-    ),
-    ("completed_with_step_not_applied", "a COMPLETED saga had every step's EXECUTE applied"),
-    (
-        "compensations_missing",
-        "FAILED/CANCELLED: every step whose EXECUTE was applied had its COMPENSATE applied",
-    ),
-    ("compensations_doubled", "every COMPENSATE was applied at most once"),
-    ("compensations_out_of_order", "compensations were applied newest step first"),
-    ("compensations_in_completed_sagas", "a COMPLETED saga had no compensation applied"),
-    ("cancels_200_completed", "a cancel answered 200 never ends COMPLETED"),
-    ("events_missing", "every event type of the saga's final status is on the topic"),
-    ("events_out_of_order", "per saga, event types arrive in commit order"),
-    ("events_doubled", "each event type at most once per saga, after de-duplication by `event_id`"),
-    (
-        "events_unexpected",
-        "no event type the final status rules out; key = saga id; status fits the type",
-    ),
+    *((name, PROMISES[kind]) for name, kind in FIGURES),
+    *RUN_FIGURES,
 )
 ALLOWED: tuple[tuple[str, str], ...] = (
     (
@@ -104,6 +93,11 @@ ALLOWED: tuple[tuple[str, str], ...] = (
     (
         "keys_applied_after_saga_ended",
         "a call took effect after REST shows its saga terminal (a deposed executor calling out)",
+    ),
+    (
+        "calls_maybe_from_a_deposed_worker",
+        f"calls received within {STALE_AFTER_CONT_S:g} s of a frozen worker being continued,"
+        " checked as calls of an executor that may have lost the lease",
     ),
 )
 EXAMPLES_PER_FIGURE = 3
@@ -137,10 +131,14 @@ class Observed:
     calls: Sequence[dict[str, Any]]  # participant calls in arrival order
     applied: Mapping[str, int]  # idempotency key -> times applied
     events: Sequence[dict[str, Any]]  # topic records in offset order: key, value (parsed), offset
-    step_count: int
+    workflow: Workflow  # the workflow every saga of the run runs
     # method path -> how many calls per key fail before one applies (scripted `fail_times`)
     failures_before_apply: Mapping[str, int] = field(default_factory=dict)
     faults: Sequence[dict[str, Any]] = ()  # injected faults: kind, target, at, until (epoch s)
+
+    @property
+    def step_count(self) -> int:
+        return len(self.workflow.steps)
 
 
 @dataclass
@@ -167,21 +165,43 @@ def _key(saga_id: str, step: int, action: str) -> str:
     return f"{saga_id}:{step}:{action}"
 
 
+def _meta(call: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta = call.get("metadata")
+    return meta if isinstance(meta, Mapping) else {}
+
+
 class _Index:
-    """The participant's record and the topic, grouped per saga."""
+    """The participant's record and the topic, grouped per saga (by the saga id each call and
+    event names), with what each call's answer was and whether it may be stale."""
 
     def __init__(self, seen: Observed) -> None:
         self.calls: dict[str, list[dict[str, Any]]] = defaultdict(list)  # saga -> its calls
         self.by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for call in seen.calls:
-            key = str(call.get("metadata", {}).get("idempotency-key", ""))
+            meta = _meta(call)
+            key = str(meta.get("idempotency-key", ""))
             self.by_key[key].append(call)
-            self.calls[key.split(":", 1)[0]].append(call)
+            saga_id = str(meta.get("x-saga-id") or key.split(":", 1)[0])
+            self.calls[saga_id].append(call)
         self.events: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for record in seen.events:
             value = record.get("value")
             saga_id = value.get("saga_id") if isinstance(value, dict) else None
             self.events[str(saga_id or record.get("key"))].append(record)
+        # The participant's answer to each call (by identity): the first `failures_before_apply`
+        # calls of an applied key failed as scripted, the others got the stored reply; every
+        # call of a key never applied failed.
+        self.outcome: dict[int, Outcome] = {}
+        for key, calls in self.by_key.items():
+            skip = seen.failures_before_apply.get(str(calls[0].get("path")), 0)
+            applied = seen.applied.get(key, 0) >= 1
+            for n, call in enumerate(calls):
+                self.outcome[id(call)] = "success" if applied and n >= skip else "failed"
+        self.woke = sorted(
+            float(f["until"])
+            for f in seen.faults
+            if f.get("kind") == "worker_sigstop" and f.get("until") is not None
+        )
 
     def applied_at(self, key: str, failures_before_apply: Mapping[str, int]) -> float | None:
         """When the participant applied `key`: its first call that was not scripted to fail."""
@@ -192,200 +212,199 @@ class _Index:
         call = calls[min(skip, len(calls) - 1)]
         return float(call["received_at"])
 
+    def maybe_stale(self, call: Mapping[str, Any]) -> bool:
+        """Whether `call` arrived just after a frozen worker was continued."""
+        at = float(call.get("received_at", 0.0))
+        return any(woke <= at <= woke + STALE_AFTER_CONT_S for woke in self.woke)
+
+
+def _call_made(index: _Index, call: Mapping[str, Any]) -> CallMade | None:
+    """The call as a `CallMade`, or None when its metadata names no step and action."""
+    meta = _meta(call)
+    try:
+        step = int(str(meta.get("x-saga-step")))
+        action = Action(str(meta.get("x-saga-action")))
+    except ValueError:
+        return None
+    try:
+        attempt = int(str(meta.get("x-saga-attempt")))
+    except ValueError:
+        attempt = 0
+    return CallMade(
+        step,
+        action,
+        attempt,
+        str(meta.get("idempotency-key", "")),
+        index.outcome.get(id(call), "unknown"),
+        stale=index.maybe_stale(call),
+    )
+
+
+def _state(saga: Mapping[str, Any], workflow: Workflow) -> SagaState:
+    """A saga as REST shows it (SPEC §4), as the core's `SagaState` (raises on a bad shape)."""
+    return SagaState(
+        saga_id=str(saga["saga_id"]),
+        workflow_name=str(saga["workflow_name"]),
+        workflow_version=workflow.version,
+        status=SagaStatus(saga["status"]),
+        current_step=int(saga["current_step"]),
+        payload=dict(saga.get("payload") or {}),
+        correlation_id=saga.get("correlation_id"),
+        initiated_by=saga.get("initiated_by"),
+        error_message=saga.get("error_message"),
+        created_at=parse_timestamp(str(saga["created_at"])),
+        updated_at=parse_timestamp(str(saga["updated_at"])),
+    )
+
+
+def _step_log(log: Mapping[str, Any]) -> StepLog:
+    """A step log as REST shows it, as the core's `StepLog` (raises on a bad shape)."""
+    completed = log.get("completed_at")
+    return StepLog(
+        id=str(log["id"]),
+        saga_id=str(log["saga_id"]),
+        step_index=int(log["step_index"]),
+        step_name=str(log["step_name"]),
+        action=Action(log["action"]),
+        status=StepStatus(log["status"]),
+        request_payload=log.get("request_payload"),
+        response_payload=log.get("response_payload"),
+        error_message=log.get("error_message"),
+        started_at=parse_timestamp(str(log["started_at"])),
+        completed_at=parse_timestamp(str(completed)) if completed else None,
+    )
+
+
+def _event_seen(record: Mapping[str, Any]) -> EventSeen:
+    value = record.get("value")
+    key = record.get("key")
+    if not isinstance(value, dict):
+        return EventSeen(f"(offset {record.get('offset')}: not a JSON object)", key=key or "")
+    event_id = value.get("event_id")
+    status = value.get("status")
+    return EventSeen(
+        str(value.get("event_type")),
+        event_id=None if event_id is None else str(event_id),
+        key=key or "",
+        status=None if status is None else str(status),
+    )
+
+
+def _record(seen: Observed, index: _Index, saga_id: str) -> SagaRecord:
+    """What the run saw of one saga it started (raises when REST's answer cannot be read)."""
+    detail = seen.rest.get(saga_id)
+    wf = seen.workflow
+    final = logs = None
+    if detail is not None:
+        final = _state(detail["saga"], wf)
+        logs = tuple(_step_log(g) for g in detail.get("step_logs", []))
+    calls = tuple(
+        made for made in (_call_made(index, c) for c in index.calls.get(saga_id, ())) if made
+    )
+    succeeded = {
+        g.step_index
+        for g in logs or ()
+        if g.action is Action.EXECUTE and g.status is StepStatus.SUCCESS
+    }
+    standing = next((i for i in range(len(wf.steps)) if i not in succeeded), None)
+    client = seen.sagas.get(saga_id)
+    return SagaRecord(
+        workflow=wf,
+        final=final,
+        step_logs=logs or (),
+        calls=calls,
+        events=tuple(_event_seen(r) for r in index.events.get(saga_id, ())),
+        cancel_accepted=bool(client and client.cancel_200),
+        applied={k: n for k, n in seen.applied.items() if k.startswith(saga_id + ":")},
+        in_doubt=frozenset(() if standing is None else (standing,)),
+    )
+
+
+def records(seen: Observed) -> dict[str, SagaRecord]:
+    """One `SagaRecord` per saga the run started whose REST answer could be read."""
+    index = _Index(seen)
+    out: dict[str, SagaRecord] = {}
+    for saga_id in seen.sagas:
+        try:
+            out[saga_id] = _record(seen, index, saga_id)
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
 
 def check(seen: Observed) -> dict[str, Figure]:
     """Every figure of the module docstring, with up to three example sagas each."""
     figures = {name: Figure(name, meaning, True) for name, meaning in MUST_BE_ZERO}
     figures.update({name: Figure(name, meaning, False) for name, meaning in ALLOWED})
+    by_kind = {kind: figures[name] for name, kind in FIGURES}
     index = _Index(seen)
     applied = seen.applied
 
     def example(saga_id: str, note: str) -> dict[str, Any]:
         return describe(seen, index, saga_id, note)
 
-    # Keys: well-formed, for sagas the run started; re-deliveries.
+    # Calls the run cannot place in a saga of its own; re-deliveries; stale calls.
+    for saga_id, calls in index.calls.items():
+        for call in calls:
+            if _call_made(index, call) is None or saga_id not in seen.sagas:
+                why = (
+                    "its metadata names no step and action"
+                    if saga_id in seen.sagas
+                    else "the run started no saga with this id"
+                )
+                figures["calls_for_no_saga_of_the_run"].add(
+                    {"saga_id": saga_id or None, "note": why, "call": dict(call)}
+                )
+            if index.maybe_stale(call):
+                figures["calls_maybe_from_a_deposed_worker"].count += 1
     for key, calls in index.by_key.items():
-        meta = calls[0].get("metadata", {})
-        expected = f"{meta.get('x-saga-id')}:{meta.get('x-saga-step')}:{meta.get('x-saga-action')}"
-        saga_id = key.split(":", 1)[0]
-        if not key or key != expected or saga_id not in seen.sagas:
-            figures["calls_with_wrong_key"].add(
-                {"saga_id": saga_id or None, "note": f"key {key!r}, metadata says {expected!r}"}
-                if saga_id not in seen.sagas
-                else example(saga_id, f"key {key!r}, metadata says {expected!r}")
-            )
         if applied.get(key, 0) >= 1:
             extra = len(calls) - 1 - seen.failures_before_apply.get(str(calls[0].get("path")), 0)
-            for _ in range(max(0, extra)):
-                figures["redeliveries"].count += 1
-    for key, times in applied.items():
-        if times > 1 and key.endswith(":" + EXECUTE):
-            figures["steps_applied_twice"].add(
-                example(key.split(":", 1)[0], f"{key} applied {times} times")
+            figures["redeliveries"].count += max(0, extra)
+
+    for saga_id in seen.sagas:
+        try:
+            record = _record(seen, index, saga_id)
+        except (KeyError, TypeError, ValueError) as exc:
+            figures["sagas_unreadable_over_rest"].add(
+                example(saga_id, f"REST detail unreadable: {type(exc).__name__}: {exc}")
             )
-
-    for saga_id, client in seen.sagas.items():
-        detail = seen.rest.get(saga_id)
-        if detail is None:
-            note = "REST: 404" if saga_id in seen.rest else "REST never answered for it"
-            figures["sagas_lost"].add(example(saga_id, note))
             continue
-        saga = detail["saga"]
-        status = saga["status"]
-        if status not in TERMINAL:
-            figures["sagas_stuck"].add(example(saga_id, f"still {status} after the drain"))
+        for finding in findings(record):
+            note = finding.text
+            if finding.kind is Kind.SAGA_LOST:
+                note += " (REST: 404)" if saga_id in seen.rest else " (REST never answered)"
+            by_kind[finding.kind].add(example(saga_id, note))
+        if record.final is None or not record.final.status.terminal:
             continue
-
-        logs = Counter((g["step_index"], g["action"]) for g in detail.get("step_logs", []))
-        doubled_logs = sorted(k for k, n in logs.items() if n > 1)
-        if doubled_logs:
-            figures["steps_logged_twice"].add(
-                example(saga_id, f"two or more step logs for {doubled_logs}")
-            )
-
-        done = {i for i in range(seen.step_count) if applied.get(_key(saga_id, i, EXECUTE), 0) >= 1}
-        undone = {
-            i for i in range(seen.step_count) if applied.get(_key(saga_id, i, COMPENSATE), 0) >= 1
-        }
-        ended_at = _epoch(saga.get("updated_at"))
-        if ended_at is not None:
-            for i in range(seen.step_count):
-                for action in (EXECUTE, COMPENSATE):
-                    key = _key(saga_id, i, action)
-                    at = index.applied_at(key, seen.failures_before_apply)
-                    if applied.get(key, 0) >= 1 and at is not None and at > ended_at:
-                        figures["keys_applied_after_saga_ended"].add(
-                            example(saga_id, f"{key} applied {at - ended_at:.2f}s after it ended")
-                        )
-
-        if status == "COMPLETED":
-            missing = sorted(set(range(seen.step_count)) - done)
-            if missing:
-                figures["completed_with_step_not_applied"].add(
-                    example(saga_id, f"COMPLETED but EXECUTE of steps {missing} never applied")
-                )
-            if undone:
-                figures["compensations_in_completed_sagas"].add(
-                    example(saga_id, f"COMPLETED but steps {sorted(undone)} were compensated")
-                )
-            if client.cancel_200:
-                figures["cancels_200_completed"].add(
-                    example(saga_id, "the cancel was answered 200, the saga ended COMPLETED")
-                )
-        else:
-            missing = sorted(done - undone)
-            if missing:
-                figures["compensations_missing"].add(
-                    example(
-                        saga_id,
-                        f"{status}: EXECUTE of steps {missing} applied, their COMPENSATE never",
-                    )
-                )
-            for i in sorted(undone - done):
-                figures["compensations_of_unapplied_steps"].add(
-                    example(saga_id, f"step {i} compensated, its EXECUTE never applied")
-                )
-            order = _compensation_order(index, saga_id)
-            if order != sorted(order, reverse=True):
-                figures["compensations_out_of_order"].add(
-                    example(saga_id, f"compensations applied in step order {order}")
-                )
-        for i in range(seen.step_count):
-            times = applied.get(_key(saga_id, i, COMPENSATE), 0)
-            if times > 1:
-                figures["compensations_doubled"].add(
-                    example(saga_id, f"COMPENSATE of step {i} applied {times} times")
-                )
-
-        _check_events(figures, index, saga_id, status, detail, example)
+        _count_allowed(figures, seen, index, record.final, example)
     return figures
 
 
-def _compensation_order(index: _Index, saga_id: str) -> list[int]:
-    """Step indexes in the order their COMPENSATE key was first called."""
-    order: list[int] = []
-    for call in index.calls.get(saga_id, []):
-        key = str(call.get("metadata", {}).get("idempotency-key", ""))
-        parts = key.split(":")
-        if len(parts) == 3 and parts[2] == COMPENSATE and parts[1].isdigit():
-            step = int(parts[1])
-            if step not in order:
-                order.append(step)
-    return order
-
-
-def allowed_sequences(status: str, ran: bool, compensated: bool) -> list[list[str]]:
-    """The event-type sequences SPEC §6 allows for a saga that ended in `status`."""
-    if status == "COMPLETED":
-        return [[RUNNING_EV, COMPLETED_EV]]
-    if status == "FAILED":
-        return [[RUNNING_EV, COMPENSATING_EV, FAILED_EV]]
-    sequences = [[RUNNING_EV, COMPENSATING_EV, CANCELLED_EV]]
-    if not compensated:
-        sequences.append([RUNNING_EV, CANCELLED_EV])
-    if not ran:
-        sequences.append([CANCELLED_EV])
-    return sequences
-
-
-def _check_events(
+def _count_allowed(
     figures: dict[str, Figure],
+    seen: Observed,
     index: _Index,
-    saga_id: str,
-    status: str,
-    detail: dict[str, Any],
+    final: SagaState,
     example: Any,
 ) -> None:
-    records = index.events.get(saga_id, [])
-    seen_ids: set[str] = set()
-    types: list[str] = []
-    wrong: list[str] = []
-    for record in records:
-        value = record.get("value")
-        if not isinstance(value, dict):
-            wrong.append(f"offset {record.get('offset')}: value is not a JSON object")
-            continue
-        if record.get("key") != saga_id:
-            wrong.append(f"{value.get('event_type')}: key {record.get('key')!r}")
-        event_id = str(value.get("event_id"))
-        if event_id in seen_ids:
-            continue  # a re-delivery: at-least-once, consumers de-duplicate
-        seen_ids.add(event_id)
-        kind = str(value.get("event_type"))
-        types.append(kind)
-        if EVENT_STATUS.get(kind) is not None and value.get("status") != EVENT_STATUS[kind]:
-            wrong.append(f"{kind} with status {value.get('status')!r}")
-    logs = detail.get("step_logs", [])
-    ran = bool(logs) or bool(index.calls.get(saga_id)) or RUNNING_EV in types
-    compensated = any(g["action"] == COMPENSATE for g in logs)
-    sequences = allowed_sequences(status, ran, compensated)
-    if types in sequences:
-        if wrong:
-            figures["events_unexpected"].add(example(saga_id, "; ".join(wrong)))
-        return
-    doubled = sorted(t for t, n in Counter(types).items() if n > 1)
-    if doubled:
-        figures["events_doubled"].add(example(saga_id, f"{doubled} more than once: {types}"))
-    unique = list(dict.fromkeys(types))
-
-    def distance(seq: list[str]) -> tuple[int, int]:
-        return (len(set(unique) - set(seq)), len(set(seq) - set(unique)))
-
-    best = min(sequences, key=distance)
-    missing = [t for t in best if t not in unique]
-    extra = [t for t in unique if t not in best]
-    if missing:
-        figures["events_missing"].add(
-            example(saga_id, f"{status}: {missing} missing; topic has {types}")
-        )
-    if [t for t in unique if t in best] != [t for t in best if t in unique]:
-        figures["events_out_of_order"].add(
-            example(saga_id, f"{status}: topic has {types}, commit order is {best}")
-        )
-    if extra or wrong:
-        figures["events_unexpected"].add(
-            example(saga_id, "; ".join([*(f"{t} for a {status} saga" for t in extra), *wrong]))
-        )
+    """The figures SPEC allows, for one saga that ended."""
+    saga_id, applied = final.saga_id, seen.applied
+    ended_at = final.updated_at.timestamp()
+    for i in range(seen.step_count):
+        done = applied.get(_key(saga_id, i, EXECUTE), 0) >= 1
+        undone = applied.get(_key(saga_id, i, COMPENSATE), 0) >= 1
+        if undone and not done:
+            figures["compensations_of_unapplied_steps"].add(
+                example(saga_id, f"step {i} compensated, its EXECUTE never applied")
+            )
+        for action in (EXECUTE, COMPENSATE):
+            key = _key(saga_id, i, action)
+            at = index.applied_at(key, seen.failures_before_apply)
+            if applied.get(key, 0) >= 1 and at is not None and at > ended_at:
+                figures["keys_applied_after_saga_ended"].add(
+                    example(saga_id, f"{key} applied {at - ended_at:.2f}s after it ended")
+                )
 
 
 def describe(seen: Observed, index: _Index, saga_id: str, note: str) -> dict[str, Any]:

@@ -354,7 +354,7 @@ def _key_findings(record: SagaRecord, final: SagaState) -> list[Finding]:
         found.append(
             Finding(
                 Kind.CALL_WITH_WRONG_KEY,
-                f"a {action.value} call of step {_name(record.workflow, index)} carried the key"
+                f"the {action.value} call of step {_name(record.workflow, index)} carried the key"
                 f" {key!r}, not {_key(final, index, action)!r}",
             )
         )
@@ -385,7 +385,8 @@ _ORDER = {
     EventType.SAGA_FAILED: 2,
     EventType.SAGA_CANCELLED: 2,
 }
-_END_EVENT = {
+# The event that announces each final status.
+END_EVENT: Mapping[SagaStatus, EventType] = {
     SagaStatus.COMPLETED: EventType.SAGA_COMPLETED,
     SagaStatus.FAILED: EventType.SAGA_FAILED,
     SagaStatus.CANCELLED: EventType.SAGA_CANCELLED,
@@ -431,7 +432,7 @@ def _event_findings(record: SagaRecord, final: SagaState) -> list[Finding]:
         if times > 1 and kind in _ORDER:
             add(Finding(Kind.EVENT_DOUBLED, f"{kind.value} was published {times} times"))
     ranks = [_ORDER[e] for e in events if e in _ORDER]
-    end = _END_EVENT[final.status]
+    end = END_EVENT[final.status]
     if ranks != sorted(ranks) or (end in events and events[-1] is not end):
         add(
             Finding(
@@ -441,7 +442,7 @@ def _event_findings(record: SagaRecord, final: SagaState) -> list[Finding]:
         )
     if end not in events:
         add(Finding(Kind.EVENT_MISSING, f"{end.value} is missing"))
-    for other in dict.fromkeys(e for e in events if e in _END_EVENT.values() and e is not end):
+    for other in dict.fromkeys(e for e in events if e in END_EVENT.values() and e is not end):
         add(Finding(Kind.EVENT_UNEXPECTED, f"{other.value} for a {final.status.value} saga"))
 
     logged = {g.action for g in record.step_logs}
