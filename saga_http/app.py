@@ -35,6 +35,7 @@ from saga_http.codes import (
     PAYLOAD_TOO_LARGE,
     VALIDATION_ERROR,
 )
+from saga_http.console import console_blueprint
 from saga_http.routes import ROUTES
 from workers.adapters import metrics
 from workers.adapters.auth import PUBLIC, Forbidden, TokenVerifier, Unauthenticated
@@ -111,6 +112,7 @@ def create_app(config: Config, engine: Engine | None = None) -> Flask:
             methods=[route.method],
             provide_automatic_options=False,
         )
+    app.register_blueprint(console_blueprint())  # the web console at /ui/: static files only
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _any_error)
     app.after_request(_finish)

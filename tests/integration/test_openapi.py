@@ -22,6 +22,7 @@ from referencing.jsonschema import DRAFT202012
 from werkzeug.serving import make_server
 
 from saga_http.app import create_app
+from saga_http.console import BLUEPRINT as CONSOLE_BLUEPRINT
 from saga_http.openapi import openapi_document
 from workers.adapters.store.memory import MemoryStore
 from workers.config import Config, load_config
@@ -215,8 +216,11 @@ def exchanges(app: Flask, config: Config) -> list[Exchange]:
 
 
 def _flask_routes(app: Flask) -> set[tuple[str, str]]:
+    """The app's API routes: everything but the web console's pages (its own blueprint)."""
     routes = set()
     for rule in app.url_map.iter_rules():
+        if rule.endpoint.startswith(f"{CONSOLE_BLUEPRINT}."):
+            continue
         path = rule.rule.replace("<", "{").replace(">", "}")
         for method in rule.methods or ():
             if method not in ("HEAD", "OPTIONS"):
