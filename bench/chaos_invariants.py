@@ -11,8 +11,9 @@ and counts the findings by kind, one figure per kind (`FIGURES`, all must be 0).
 outside cannot see is said in the record, not by bending a rule:
 
 - a participant call cannot be told apart from one made by a worker that was frozen past its
-  lease and has just been continued, so every call received within `STALE_AFTER_CONT_S` of a
-  SIGCONT is marked `stale` (counted apart, as `calls_maybe_from_a_deposed_worker`);
+  lease and has just been continued, so a call received within `STALE_AFTER_CONT_S` of a
+  SIGCONT, for a saga created before that worker froze (a frozen worker claims nothing), is
+  marked `stale` (counted apart, as `calls_maybe_from_a_deposed_worker`);
 - the leases are not visible, so the step a saga stood at (its first step without a successful
   execution log) is `in_doubt`: an executor whose lease ran out may have called it unseen.
 
@@ -96,8 +97,9 @@ ALLOWED: tuple[tuple[str, str], ...] = (
     ),
     (
         "calls_maybe_from_a_deposed_worker",
-        f"calls received within {STALE_AFTER_CONT_S:g} s of a frozen worker being continued,"
-        " checked as calls of an executor that may have lost the lease",
+        f"calls received within {STALE_AFTER_CONT_S:g} s of a frozen worker being continued, for"
+        " sagas that existed before it froze: checked as calls of an executor that may have lost"
+        " the lease",
     ),
 )
 EXAMPLES_PER_FIGURE = 3
@@ -197,8 +199,9 @@ class _Index:
             applied = seen.applied.get(key, 0) >= 1
             for n, call in enumerate(calls):
                 self.outcome[id(call)] = "success" if applied and n >= skip else "failed"
-        self.woke = sorted(
-            float(f["until"])
+        # (frozen at, continued at) of every worker SIGSTOPped and continued again.
+        self.frozen = sorted(
+            (float(f["at"]), float(f["until"]))
             for f in seen.faults
             if f.get("kind") == "worker_sigstop" and f.get("until") is not None
         )
@@ -212,13 +215,20 @@ class _Index:
         call = calls[min(skip, len(calls) - 1)]
         return float(call["received_at"])
 
-    def maybe_stale(self, call: Mapping[str, Any]) -> bool:
-        """Whether `call` arrived just after a frozen worker was continued."""
+    def maybe_stale(self, call: Mapping[str, Any], created: float | None) -> bool:
+        """Whether `call`, of a saga created at `created` (epoch s), may be a worker's that was
+        frozen while holding the saga: it arrived just after the worker was continued, and the
+        saga existed before it froze."""
         at = float(call.get("received_at", 0.0))
-        return any(woke <= at <= woke + STALE_AFTER_CONT_S for woke in self.woke)
+        return any(
+            woke <= at <= woke + STALE_AFTER_CONT_S and (created is None or created <= froze)
+            for froze, woke in self.frozen
+        )
 
 
-def _call_made(index: _Index, call: Mapping[str, Any]) -> CallMade | None:
+def _call_made(
+    index: _Index, call: Mapping[str, Any], created: float | None = None
+) -> CallMade | None:
     """The call as a `CallMade`, or None when its metadata names no step and action."""
     meta = _meta(call)
     try:
@@ -236,7 +246,7 @@ def _call_made(index: _Index, call: Mapping[str, Any]) -> CallMade | None:
         attempt,
         str(meta.get("idempotency-key", "")),
         index.outcome.get(id(call), "unknown"),
-        stale=index.maybe_stale(call),
+        stale=index.maybe_stale(call, created),
     )
 
 
@@ -298,8 +308,11 @@ def _record(seen: Observed, index: _Index, saga_id: str) -> SagaRecord:
     if detail is not None:
         final = _state(detail["saga"], wf)
         logs = tuple(_step_log(g) for g in detail.get("step_logs", []))
+    created = final.created_at.timestamp() if final is not None else None
     calls = tuple(
-        made for made in (_call_made(index, c) for c in index.calls.get(saga_id, ())) if made
+        made
+        for made in (_call_made(index, c, created) for c in index.calls.get(saga_id, ()))
+        if made
     )
     succeeded = {
         g.step_index
@@ -343,7 +356,7 @@ def check(seen: Observed) -> dict[str, Figure]:
     def example(saga_id: str, note: str) -> dict[str, Any]:
         return describe(seen, index, saga_id, note)
 
-    # Calls the run cannot place in a saga of its own; re-deliveries; stale calls.
+    # Calls the run cannot place in a saga of its own; re-deliveries.
     for saga_id, calls in index.calls.items():
         for call in calls:
             if _call_made(index, call) is None or saga_id not in seen.sagas:
@@ -355,8 +368,6 @@ def check(seen: Observed) -> dict[str, Figure]:
                 figures["calls_for_no_saga_of_the_run"].add(
                     {"saga_id": saga_id or None, "note": why, "call": dict(call)}
                 )
-            if index.maybe_stale(call):
-                figures["calls_maybe_from_a_deposed_worker"].count += 1
     for key, calls in index.by_key.items():
         if applied.get(key, 0) >= 1:
             extra = len(calls) - 1 - seen.failures_before_apply.get(str(calls[0].get("path")), 0)
@@ -375,6 +386,7 @@ def check(seen: Observed) -> dict[str, Figure]:
             if finding.kind is Kind.SAGA_LOST:
                 note += " (REST: 404)" if saga_id in seen.rest else " (REST never answered)"
             by_kind[finding.kind].add(example(saga_id, note))
+        figures["calls_maybe_from_a_deposed_worker"].count += sum(c.stale for c in record.calls)
         if record.final is None or not record.final.status.terminal:
             continue
         _count_allowed(figures, seen, index, record.final, example)

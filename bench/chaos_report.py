@@ -177,8 +177,9 @@ def render(latest: dict[str, Any], runs: list[dict[str, Any]], base: Path) -> st
         "`SagaRecord` per saga the API acknowledged (its REST detail and step logs, the "
         "participant's calls and applied keys for it, its topic records) and counts the "
         "findings by kind. What the outside cannot see is said in the record: a call received "
-        f"within {inv.STALE_AFTER_CONT_S:g} s of a frozen worker being continued may come from "
-        "an executor that lost the lease (it is checked as such), and the step a saga stood at "
+        f"within {inv.STALE_AFTER_CONT_S:g} s of a frozen worker being continued, for a saga "
+        "created before it froze, may come from an executor that lost the lease (it is checked "
+        "as such), and the step a saga stood at "
         "may have been called unseen by an executor whose lease ran out (compensating it is "
         "allowed). The figures, each of which must be 0 unless marked otherwise:"
     )

@@ -444,17 +444,27 @@ def test_a_redelivery_is_counted_apart() -> None:
     assert figures["redeliveries"] == 1
 
 
-def test_a_call_just_after_a_worker_is_continued_is_checked_as_stale() -> None:
+@pytest.mark.parametrize("froze_after_start", [True, False])
+def test_a_call_just_after_a_worker_is_continued_is_checked_as_stale(
+    froze_after_start: bool,
+) -> None:
     """A forward call after compensation began is not a violation when it arrives just after a
-    frozen worker was continued (it may be that worker's, which lost the lease)."""
+    frozen worker was continued and the saga existed before it froze (it may be that worker's,
+    which lost the lease); for a saga created later it is."""
     parts = _clean()
+    created = T0 + 10
     last = _calls_of(parts, COMPENSATING)[-1]["received_at"]
-    parts["faults"] = [{"kind": "worker_sigstop", "at": last - 9.0, "until": last + 0.005}]
+    froze = created + 0.05 if froze_after_start else created - 0.05
+    parts["faults"] = [{"kind": "worker_sigstop", "at": froze, "until": last + 0.005}]
     _call(parts, COMPENSATING, 1, "EXECUTE", last + 0.01)
     figures = _figures(parts)
-    assert _non_zero(figures) == {}
-    assert figures["calls_maybe_from_a_deposed_worker"] == 1
     assert figures["redeliveries"] == 1
+    if froze_after_start:
+        assert _non_zero(figures) == {}
+        assert figures["calls_maybe_from_a_deposed_worker"] == 1
+    else:
+        assert _non_zero(figures) == {"calls_after_compensation_began": 1}
+        assert figures["calls_maybe_from_a_deposed_worker"] == 0
 
 
 def test_compensating_the_step_a_saga_stood_at_is_allowed() -> None:
