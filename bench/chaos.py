@@ -899,6 +899,19 @@ def main(argv: list[str] | None = None) -> int:
             _summarise(load, faults, rest_seen, events, record, figures, drain_s, events_s)
         )
         clean = inv.violations(figures) == 0
+        # Everything observed, beside the process logs, for whoever looks into a figure.
+        (workdir / "observed.json").write_text(
+            json.dumps(
+                {
+                    "sagas": {k: asdict(v) for k, v in load.sagas.items()},
+                    "rest": rest_seen,
+                    "participant": record,
+                    "events": events,
+                    "faults": faults.done,
+                },
+                default=str,
+            )
+        )
     except BaseException as exc:
         results["error"] = f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, KeyboardInterrupt | SystemExit):
