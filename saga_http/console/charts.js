@@ -96,6 +96,8 @@ export function activityChart(activity) {
 
 function offsetLabel(ms) {
   if (ms === 0) return "0";
+  if (ms < 1000) return `+${Math.round(ms)} ms`;
+  if (ms < 60000) return `+${Number((ms / 1000).toFixed(2))} s`;
   return `+${duration(ms)}`;
 }
 
@@ -167,9 +169,26 @@ export function sagaTimeline(saga, logs, { stepNames = [], now = Date.now() } = 
     svg("text", { x: 14, y: axisH - 12, class: "tick tick-start" }, `start ${clock(t0, true)}`),
   );
 
+  // The forward step in flight has no log until it ends: drawn from the last thing that
+  // happened until now, so a running saga shows where it is.
+  const entries = [...logs];
+  const current = Number(saga.current_step);
+  if ((saga.status === "STARTED" || saga.status === "RUNNING") && Number.isInteger(current) && current < lanes) {
+    const last = Math.max(created ?? t0, ...times);
+    entries.push({
+      step_index: current,
+      step_name: names[current] ?? `step ${current + 1}`,
+      action: "EXECUTE",
+      status: null,
+      started_at: new Date(last).toISOString(),
+      completed_at: null,
+      inflight: true,
+    });
+  }
+
   // Bars, and the path from each one to the next.
   const ends = [];
-  logs.forEach((log, order) => {
+  entries.forEach((log, order) => {
     const lane = Number.isInteger(Number(log.step_index)) ? Number(log.step_index) : 0;
     const compensate = log.action === "COMPENSATE";
     const start = parseTime(log.started_at) ?? t0;
@@ -180,16 +199,18 @@ export function sagaTimeline(saga, logs, { stepNames = [], now = Date.now() } = 
     const w = Math.max(compensate ? 16 : 4, x(end) - x1);
     const y = axisH + lane * laneH + (compensate ? 24 : 7);
     const status = String(log.status ?? "RUNNING");
+
     const cls = [
       "bar",
       compensate ? "bar-compensate" : "bar-execute",
       `status-${running ? "running" : status.toLowerCase()}`,
+      log.inflight ? "bar-inflight" : "",
     ].join(" ");
     const attempts = Number.isInteger(log.attempts) ? log.attempts : null;
-    const took = running ? "running" : duration(finish - start);
+    const took = duration(end - start);
     const tip = [
       `${log.action} ${log.step_name} — ${running ? "in flight" : status}`,
-      `took ${took}`,
+      running ? `for ${took} so far` : `took ${took}`,
       attempts ? `${attempts} attempt${attempts === 1 ? "" : "s"}` : null,
       log.error_message ? `error: ${log.error_message}` : null,
     ]
@@ -208,7 +229,13 @@ export function sagaTimeline(saga, logs, { stepNames = [], now = Date.now() } = 
         "g",
         {
           class: cls,
-          dataset: { order, step: log.step_name ?? "", action: log.action ?? "", status: running ? "RUNNING" : status },
+          dataset: {
+            order,
+            step: log.step_name ?? "",
+            action: log.action ?? "",
+            status: running ? "RUNNING" : status,
+            ...(log.inflight ? { inflight: "true" } : {}),
+          },
         },
         svg("title", {}, tip),
         shape,

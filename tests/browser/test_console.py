@@ -269,13 +269,23 @@ def test_register_workflow_error_then_fix(
 
 
 def test_live_updates_stop_while_the_tab_is_hidden(page: Any, console: ConsoleServer) -> None:
-    """A saga's page polls the API while shown; while the tab is hidden it sends nothing, and
-    when shown again it refreshes at once."""
+    """A running saga's page shows the step in flight and polls the API while shown; while
+    the tab is hidden it sends nothing, and when shown again it refreshes at once."""
     saga_id = console.start("console-long", {"order_id": "H-1"})
     path = f"/api/v1/sagas/{saga_id}"
     try:
         open_ui(page, console, f"#/sagas/{saga_id}")
         wait_for(lambda: saga_status(page) in ("STARTED", "RUNNING"), what="the saga")
+        # The step in flight has no log yet; the timeline still shows where the saga is.
+        wait_for(
+            lambda: (
+                page.find_element(
+                    By.CSS_SELECTOR, "#timeline g.bar[data-inflight='true']"
+                ).get_attribute("data-step")
+                == "wait-long"
+            ),
+            what="the step in flight",
+        )
         wait_for(lambda: console.requests.count(path) >= 2, 6, "polling while shown")
         page.execute_script(
             "Object.defineProperty(document, 'hidden', {configurable: true, get: () => true});"

@@ -63,7 +63,9 @@ function metaList(saga, workflow, now) {
         "span",
         { id: "saga-current-step" },
         stepCount ? `${saga.current_step} of ${stepCount} done` : String(saga.current_step),
-        next && !TERMINAL.has(saga.status) ? h("span", { class: "muted" }, ` · next: ${next}`) : null,
+        next && (saga.status === "STARTED" || saga.status === "RUNNING")
+          ? h("span", { class: "muted" }, ` · now at ${next}`)
+          : null,
       ),
     ],
     ["Correlation id", saga.correlation_id ? h("span", { class: "mono" }, saga.correlation_id) : h("span", { class: "muted" }, "—")],
@@ -388,7 +390,11 @@ export async function sagaPage(view, { id }, ctx) {
       replace(problem, saga.error_message ? h("div", { class: "alert alert-error", id: "saga-error" }, h("strong", {}, "Error "), saga.error_message) : null);
     }
     replace(meta, h("h2", { class: "card-title" }, "Details"), metaList(saga, workflow, now));
-    replace(timelineBox, logs.length ? sagaTimeline(saga, logs, { stepNames: workflow?.step_names ?? [], now }) : empty("No step has run yet."));
+    const drawn = logs.length || !TERMINAL.has(saga.status);
+    replace(
+      timelineBox,
+      drawn ? sagaTimeline(saga, logs, { stepNames: workflow?.step_names ?? [], now }) : empty("No step ran."),
+    );
     if (changed("logs", logs)) {
       const open = new Map();
       for (const el of logsBox.querySelectorAll("details.log")) open.set(el.dataset.logId, el.open);

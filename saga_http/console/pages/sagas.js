@@ -6,6 +6,7 @@ import { api, session } from "../api.js";
 import {
   ago,
   badge,
+  clock,
   count,
   empty,
   errorBox,
@@ -179,7 +180,7 @@ export async function sagasPage(view, { query }, ctx) {
         page.sagas.length ? sagaTable(page.sagas) : empty("No saga matches these filters."),
         pager(query, page.pagination),
       );
-      updated.textContent = `Updated ${new Date().toLocaleTimeString()}`;
+      updated.textContent = `Updated ${clock(Date.now(), true)}`;
     } catch (error) {
       if (error.name === "AbortError") throw error;
       replace(result, errorBox(error));

@@ -29,7 +29,7 @@ export async function startPage(view, { query }, ctx) {
     "select",
     { id: "start-workflow", class: "input", "aria-describedby": "start-workflow-error" },
     workflows.map((w) =>
-      h("option", { value: w.name, selected: w.name === wanted }, `${w.name}${w.version ? ` (v${w.version})` : ""} — ${w.step_count} steps`),
+      h("option", { value: w.name, selected: w.name === wanted }, `${w.name}${w.version ? ` (v${w.version})` : ""} — ${w.step_count} step${w.step_count === 1 ? "" : "s"}`),
     ),
   );
   const payload = h("textarea", {
