@@ -182,12 +182,17 @@ def _console_problems(driver: Any) -> list[str]:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    """The browser, on a blank page with an empty session, checked for script errors and CSP
-    violations once the test is done."""
+    """The browser, on a blank page with an empty session, checked once the test is done for
+    script errors, CSP violations and requests to anywhere but the server."""
     browser.get("about:blank")
     browser.set_window_size(*WINDOW)
     browser.get_log("browser")  # drop what earlier tests left
     yield browser
+    fetched = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    elsewhere = [u for u in fetched if not u.startswith(("http://127.0.0.1:", "data:"))]
+    assert not elsewhere, f"the console fetched from outside the server: {elsewhere}"
     problems = _console_problems(browser)
     browser.execute_script("try { sessionStorage.clear(); } catch (e) {}")
     assert not problems, problems

@@ -183,45 +183,58 @@ def test_overview_counts_activity_and_need_a_look(
 
 
 def test_saga_list_filters_and_pages(page: Any, console: ConsoleServer) -> None:
-    """The list applies the API's filters (status, workflow, correlation id) and pages with
-    the API's pagination, each row linking to its saga."""
+    """The list shows what the API's list gives for the same filters (status, workflow,
+    correlation id), in its order, and pages with its pagination, each row linking to its
+    saga."""
     ids = [
         console.start("order-fulfillment", {"order_id": f"L-{i}"}, correlation_id="list-test")
         for i in range(3)
     ]
+    ids.append(
+        console.start(
+            "order-fulfillment", {"order_id": "L-x", "card": "declined"}, correlation_id="list-test"
+        )
+    )
     for saga_id in ids:
         console.wait_terminal(saga_id)
+
+    def api_ids(**query: Any) -> list[str]:
+        listed = console.call("GET", "/api/v1/sagas", params=query).json()["sagas"]
+        return [s["saga_id"] for s in listed]
+
+    def shown_ids() -> list[str]:
+        rows = page.find_elements(By.CSS_SELECTOR, "#saga-table tbody tr")
+        return [r.get_attribute("data-saga-id") for r in rows]
+
+    completed = api_ids(correlation_id="list-test", status="COMPLETED")
+    assert sorted(completed) == sorted(ids[:3])
     open_ui(page, console, "#/sagas")
     set_field(page, "filter-correlation", "list-test")
+    set_field(page, "filter-workflow", "order-fulfillment")
     Select(page.find_element(By.ID, "filter-status")).select_by_value("COMPLETED")
     page.find_element(By.ID, "filter-apply").click()
     wait_for(lambda: "correlation_id=list-test" in page.current_url, what="the filters in the URL")
-    rows = wait_for(
-        lambda: (
-            len(found := page.find_elements(By.CSS_SELECTOR, "#saga-table tbody tr")) == 3 and found
-        ),
-        what="three rows",
-    )
-    assert [r.get_attribute("data-saga-id") for r in rows] == list(reversed(ids))  # newest first
+    wait_for(lambda: shown_ids() == completed, what="the API's three COMPLETED sagas")
     assert text_of(page, "#pager-range") == "1–3 of 3"
-    page.get(console.ui + "#/sagas?correlation_id=list-test&page_size=20&status=COMPLETED")
-    # One a page: the API's pagination, followed with Next.
+    # One a page, every status: the API's pagination, followed with Next.
+    everything = api_ids(correlation_id="list-test")
+    assert len(everything) == 4
     page.get(console.ui + "#/sagas?correlation_id=list-test&page_size=1")
-    wait_for(lambda: text_of(page, "#pager-range") == "1–1 of 3", what="page 1")
+    wait_for(lambda: text_of(page, "#pager-range") == "1–1 of 4", what="page 1")
+    assert shown_ids() == everything[:1]
     page.find_element(By.ID, "pager-next").click()
-    wait_for(lambda: text_of(page, "#pager-range") == "2–2 of 3", what="page 2")
-    row = page.find_element(By.CSS_SELECTOR, "#saga-table tbody tr")
-    assert row.get_attribute("data-saga-id") == ids[1]
-    row.find_element(By.CSS_SELECTOR, "a.saga-link").click()
-    wait_for(lambda: page.current_url.endswith(f"#/sagas/{ids[1]}"), what="the saga page")
+    wait_for(lambda: text_of(page, "#pager-range") == "2–2 of 4", what="page 2")
+    assert shown_ids() == everything[1:2]
+    page.find_element(By.CSS_SELECTOR, "#saga-table a.saga-link").click()
+    wait_for(lambda: page.current_url.endswith(f"#/sagas/{everything[1]}"), what="the saga page")
 
 
 def test_register_workflow_error_then_fix(
     page: Any, console: ConsoleServer, tmp_path: Path
 ) -> None:
     """Registering a workflow with a mistake shows the server's message next to the YAML
-    field; the fixed document registers, is listed, and its diagram shows each step with its
-    compensation."""
+    field and registers nothing; the fixed document registers, is listed, and its page draws
+    its steps in order."""
     open_ui(page, console, "#/workflows")
     broken = (
         "name: console-shipping\n"
