@@ -149,10 +149,9 @@ function operatorTable(actions) {
 }
 
 /** The operator's buttons and the resume form, for the saga as it is now. */
-function actionsBar(saga, logs, { onDone, signal }) {
+function actionsBar(saga, logs, { onDone, signal, message }) {
   const legal = legalActions(saga, logs);
   const bar = h("div", { class: "actions", id: "saga-actions" });
-  const message = h("div", { class: "action-message", id: "action-message", "aria-live": "polite" });
   if (!legal.cancel && !legal.pause && !legal.resume) return bar;
   if (!session.canWrite) {
     append(bar, h("p", { class: "muted", id: "read-only" }, "Read-only: acting on a saga needs the sys_operator role."));
@@ -241,7 +240,7 @@ function actionsBar(saga, logs, { onDone, signal }) {
       ),
     );
   }
-  return append(bar, buttons, panel, message);
+  return append(bar, buttons, panel);
 }
 
 function resumeForm(saga, legal, send) {
@@ -315,6 +314,8 @@ function resumeForm(saga, legal, send) {
 export async function sagaPage(view, { id }, ctx) {
   const head = h("div", { class: "page-head" });
   const actions = h("div");
+  // The answer to the last action stays while the saga's status (and so the buttons) change.
+  const message = h("div", { class: "action-message", id: "action-message", "aria-live": "polite" });
   const problem = h("div");
   const meta = card("Details");
   const timelineBox = h("div", { class: "chart-box timeline-box", id: "timeline" });
@@ -334,6 +335,7 @@ export async function sagaPage(view, { id }, ctx) {
     h("nav", { class: "crumbs" }, h("a", { href: "#/sagas" }, "Sagas"), " › ", h("span", { class: "mono" }, id)),
     head,
     actions,
+    message,
     problem,
     meta,
     card("Timeline", legend, timelineBox),
@@ -384,7 +386,7 @@ export async function sagaPage(view, { id }, ctx) {
     }
     const legal = legalActions(saga, logs);
     if (changed("actions", [saga.status, legal, session.canWrite])) {
-      replace(actions, actionsBar(saga, logs, { onDone: () => poller.kick(), signal: ctx.signal }));
+      replace(actions, actionsBar(saga, logs, { onDone: () => poller.kick(), signal: ctx.signal, message }));
     }
     if (changed("problem", saga.error_message ?? null)) {
       replace(problem, saga.error_message ? h("div", { class: "alert alert-error", id: "saga-error" }, h("strong", {}, "Error "), saga.error_message) : null);
