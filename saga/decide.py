@@ -27,12 +27,13 @@ so a saga whose last step was in flight when the cancel came is compensated, not
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 from attrs import evolve, frozen
 
+import saga.expressions as expressions
 from saga.errors import IllegalEvent
 from saga.events import (
     CallParticipant,
@@ -46,7 +47,9 @@ from saga.events import (
     StepFailed,
     StepSucceeded,
 )
+from saga.expressions import ExpressionFailed
 from saga.model import (
+    INVALID_INPUT,
     INVALID_RESPONSE,
     OUTCOME_UNKNOWN_CODES,
     PERMANENT_FAILURE_CODES,
@@ -59,7 +62,9 @@ from saga.model import (
     SagaEvent,
     SagaState,
     SagaStatus,
+    Step,
     StepLog,
+    StepResult,
     StepStatus,
     Workflow,
     event_id,
@@ -133,8 +138,7 @@ def _on_resume(state: SagaState, wf: Workflow, event: Any) -> Decision:
             ended = _stamp(state, at, status=SagaStatus.CANCELLED)
             return Decision(ended, (Commit(ended, (), (_event(ended, EventType.SAGA_CANCELLED),)),))
         running = _stamp(state, at, status=SagaStatus.RUNNING)
-        commit = Commit(running, (), (_event(running, EventType.SAGA_RUNNING),))
-        return _call(running, wf, Action.EXECUTE, running.current_step, 1, at, (commit,))
+        return _start_step(running, wf, at, events=(_event(running, EventType.SAGA_RUNNING),))
     if state.status is SagaStatus.RUNNING:
         if event.cancel_requested:
             # An executor that died (or lost its lease) mid-call may have made the call of the
@@ -145,7 +149,7 @@ def _on_resume(state: SagaState, wf: Workflow, event: Any) -> Decision:
             )
         if state.current_step >= len(wf.steps):
             return _complete(state, at, logs=())
-        return _call(state, wf, Action.EXECUTE, state.current_step, 1, at, ())
+        return _start_step(state, wf, at)
     # COMPENSATING. A set cancel flag was answered 200 before compensation began (a cancel is
     # refused once it has): the saga then ends CANCELLED, whatever started the compensation.
     comp = state.compensation
@@ -163,7 +167,14 @@ def _on_step_succeeded(state: SagaState, wf: Workflow, event: Any) -> Decision:
     if flight.action is Action.EXECUTE:
         # Even after the last step the saga stops at a boundary: a cancel that arrived while
         # that step was in flight is seen there, and the step is compensated with the others.
-        advanced = _stamp(state, event.at, current_step=flight.step_index + 1, in_flight=None)
+        done = StepResult(flight.request, dict(event.response))
+        advanced = _stamp(
+            state,
+            event.at,
+            current_step=flight.step_index + 1,
+            in_flight=None,
+            steps={**state.steps, step.name: done},
+        )
         return Decision(advanced, (Commit(advanced, (log,), ()),))
     return _compensate_next(_pop_pending(state), wf, event.at, logs=(log,), events=())
 
@@ -224,6 +235,7 @@ def _on_retry_due(state: SagaState, wf: Workflow, event: Any) -> Decision:
         flight.attempt + 1,
         flight.started_at,
         (),
+        flight.request,
     )
 
 
@@ -245,7 +257,7 @@ def _on_commit_refused(state: SagaState, wf: Workflow, event: Any) -> Decision:
         if state.current_step < len(wf.steps):
             index = state.current_step
             error = f"{INVALID_RESPONSE}: {reason}"
-            log = _refused_log(state, wf, index, Action.EXECUTE, at, error)
+            log = _plain_log(state, wf, index, Action.EXECUTE, at, StepStatus.FAILED, error)
             cause = f"step {wf.steps[index].name} failed: {error}"
             return _start_compensation(
                 state, wf, at, cancelled=False, cause=cause, logs=(log,), in_doubt=True
@@ -255,29 +267,10 @@ def _on_commit_refused(state: SagaState, wf: Workflow, event: Any) -> Decision:
     if not comp.pending:
         return _abandon(state, at, reason)
     index = comp.pending[0]
-    log = _refused_log(state, wf, index, Action.COMPENSATE, at, reason)
+    log = _plain_log(state, wf, index, Action.COMPENSATE, at, StepStatus.FAILED, reason)
     failure = f"{wf.steps[index].name} ({reason})"
     comp = evolve(comp, pending=comp.pending[1:], failures=(*comp.failures, failure))
     return _compensate_next(evolve(state, compensation=comp), wf, at, logs=(log,), events=())
-
-
-def _refused_log(
-    state: SagaState, wf: Workflow, index: int, action: Action, at: datetime, error: str
-) -> StepLog:
-    """The FAILED log of the execution whose result the store would not keep (no reply in it)."""
-    return StepLog(
-        id=step_log_id(state.saga_id, index, action),
-        saga_id=state.saga_id,
-        step_index=index,
-        step_name=wf.steps[index].name,
-        action=action,
-        status=StepStatus.FAILED,
-        request_payload=state.payload,
-        response_payload=None,
-        error_message=error,
-        started_at=at,
-        completed_at=at,
-    )
 
 
 _Handler = Callable[[SagaState, Workflow, Any], Decision]
@@ -301,19 +294,21 @@ def _start_compensation(
     cause: str | None,
     logs: tuple[StepLog, ...],
     in_doubt: bool = False,
+    events: tuple[SagaEvent, ...] = (),
 ) -> Decision:
-    """Enter COMPENSATING with every completed step pending, newest first; with `in_doubt`,
-    the step at `current_step` too (it may have taken effect)."""
-    done = state.current_step + (1 if in_doubt else 0)
-    comp = Compensation(
-        cancelled=cancelled,
-        cause=cause,
-        pending=tuple(reversed(range(done))),
+    """Enter COMPENSATING with every completed step pending, newest first (a step its `when`
+    skipped is not among them); with `in_doubt`, the step at `current_step` too (it may have
+    taken effect)."""
+    pending = tuple(
+        i
+        for i in reversed(range(state.current_step + (1 if in_doubt else 0)))
+        if wf.steps[i].name in state.steps or i == state.current_step
     )
+    comp = Compensation(cancelled=cancelled, cause=cause, pending=pending)
     compensating = _stamp(
         state, at, status=SagaStatus.COMPENSATING, compensation=comp, error_message=cause
     )
-    events = (_event(compensating, EventType.SAGA_COMPENSATING),)
+    events = (*events, _event(compensating, EventType.SAGA_COMPENSATING))
     return _compensate_next(compensating, wf, at, logs=logs, events=events)
 
 
@@ -325,35 +320,129 @@ def _compensate_next(
     logs: tuple[StepLog, ...],
     events: tuple[SagaEvent, ...],
 ) -> Decision:
-    """Skip steps without a compensate method, then call the next compensation or finish."""
+    """Skip steps without a compensate method (and fail those whose `compensate_input` cannot
+    make a request), then call the next compensation or finish."""
     comp = state.compensation
     assert comp is not None
     pending = comp.pending
-    skipped: list[StepLog] = []
-    while pending and wf.steps[pending[0]].compensate is None:
+    failures = comp.failures
+    more: list[StepLog] = []
+    request: Mapping[str, Any] | None = None
+    while pending:
         index = pending[0]
-        skipped.append(
-            StepLog(
-                id=step_log_id(state.saga_id, index, Action.COMPENSATE),
-                saga_id=state.saga_id,
-                step_index=index,
-                step_name=wf.steps[index].name,
-                action=Action.COMPENSATE,
-                status=StepStatus.SKIPPED,
-                request_payload=None,
-                response_payload=None,
-                error_message=None,
-                started_at=at,
-                completed_at=at,
+        step = wf.steps[index]
+        if step.compensate is not None:
+            try:
+                request = _compensation_request(state, wf, index)
+                break
+            except ExpressionFailed as exc:
+                error = f"{INVALID_INPUT}: {exc}"
+                more.append(
+                    _plain_log(state, wf, index, Action.COMPENSATE, at, StepStatus.FAILED, error)
+                )
+                failures = (*failures, f"{step.name} ({error})")
+        else:
+            more.append(
+                _plain_log(state, wf, index, Action.COMPENSATE, at, StepStatus.SKIPPED, None)
             )
-        )
         pending = pending[1:]
-    state = _stamp(state, at, compensation=evolve(comp, pending=pending), in_flight=None)
-    logs = (*logs, *skipped)
+    comp = evolve(comp, pending=pending, failures=failures)
+    state = _stamp(state, at, compensation=comp, in_flight=None)
+    logs = (*logs, *more)
     if pending:
         effects: tuple[Effect, ...] = (Commit(state, logs, events),) if (logs or events) else ()
-        return _call(state, wf, Action.COMPENSATE, pending[0], 1, at, effects)
+        return _call(state, wf, Action.COMPENSATE, pending[0], 1, at, effects, request)
     return _finish_compensation(state, at, logs=logs, events=events)
+
+
+def _compensation_request(state: SagaState, wf: Workflow, index: int) -> Mapping[str, Any]:
+    """The request of step `index`'s compensation: its `compensate_input` over the context with
+    the step's own forward request and response in it, else the forward request (SPEC §10)."""
+    step = wf.steps[index]
+    done = state.steps.get(step.name)
+    if done is not None:
+        forward, response = done.request, done.response
+    else:  # in doubt: it was called (or may have been) and never answered
+        forward, response = _forward_request(state, step), None
+    if step.compensate_input is None:
+        return forward if forward is not None else state.payload
+    ctx = expressions.context(state)
+    ctx["steps"][step.name] = {"request": forward, "response": response}
+    return expressions.request(step.compensate_input, ctx, "compensate_input")
+
+
+def _forward_request(state: SagaState, step: Step) -> Mapping[str, Any]:
+    """What the step's execution sends: its `input` over the context, else the payload. The
+    same context always gives the same request, so a recovered saga sends what was sent."""
+    if step.input is None:
+        return state.payload
+    return expressions.request(step.input, expressions.context(state), "input")
+
+
+def _start_step(
+    state: SagaState, wf: Workflow, at: datetime, *, events: tuple[SagaEvent, ...] = ()
+) -> Decision:
+    """Begin the forward step at `current_step`: skip it when its `when` is false, fail it when
+    its request cannot be made, else call it. `events` are committed first (or with the skip)."""
+    index = state.current_step
+    step = wf.steps[index]
+    if step.when is not None:
+        try:
+            runs = expressions.is_true(expressions.evaluate(step.when, expressions.context(state)))
+        except ExpressionFailed as exc:
+            return _bad_input(state, wf, index, at, f"when: {exc}", events)
+        if not runs:
+            log = _plain_log(state, wf, index, Action.EXECUTE, at, StepStatus.SKIPPED, None)
+            advanced = _stamp(state, at, current_step=index + 1)
+            return Decision(advanced, (Commit(advanced, (log,), events),))
+    try:
+        request = _forward_request(state, step)
+    except ExpressionFailed as exc:
+        return _bad_input(state, wf, index, at, str(exc), events)
+    effects: tuple[Effect, ...] = (Commit(state, (), events),) if events else ()
+    return _call(state, wf, Action.EXECUTE, index, 1, at, effects, request)
+
+
+def _bad_input(
+    state: SagaState,
+    wf: Workflow,
+    index: int,
+    at: datetime,
+    reason: str,
+    events: tuple[SagaEvent, ...],
+) -> Decision:
+    """The step's request could not be made: it fails at once, uncalled (SPEC §10)."""
+    error = f"{INVALID_INPUT}: {reason}"
+    log = _plain_log(state, wf, index, Action.EXECUTE, at, StepStatus.FAILED, error)
+    cause = f"step {wf.steps[index].name} failed: {error}"
+    return _start_compensation(
+        state, wf, at, cancelled=False, cause=cause, logs=(log,), events=events
+    )
+
+
+def _plain_log(
+    state: SagaState,
+    wf: Workflow,
+    index: int,
+    action: Action,
+    at: datetime,
+    status: StepStatus,
+    error: str | None,
+) -> StepLog:
+    """The log of an execution that made no call (skipped, or its request could not be made)."""
+    return StepLog(
+        id=step_log_id(state.saga_id, index, action),
+        saga_id=state.saga_id,
+        step_index=index,
+        step_name=wf.steps[index].name,
+        action=action,
+        status=status,
+        request_payload=None,
+        response_payload=None,
+        error_message=error,
+        started_at=at,
+        completed_at=at,
+    )
 
 
 def _finish_compensation(
@@ -395,14 +484,22 @@ def _call(
     attempt: int,
     started_at: datetime,
     effects: tuple[Effect, ...],
+    request: Mapping[str, Any] | None,
 ) -> Decision:
-    """Put one participant call in flight, after `effects`."""
+    """Put one participant call in flight, after `effects`; every attempt sends `request`."""
     step = wf.steps[index]
     method = step.method if action is Action.EXECUTE else step.compensate
     assert method is not None
+    request = state.payload if request is None else request
     calling = evolve(
         state,
-        in_flight=InFlight(action=action, step_index=index, attempt=attempt, started_at=started_at),
+        in_flight=InFlight(
+            action=action,
+            step_index=index,
+            attempt=attempt,
+            started_at=started_at,
+            request=request,
+        ),
     )
     call = CallParticipant(
         saga_id=state.saga_id,
@@ -412,7 +509,7 @@ def _call(
         attempt=attempt,
         service=step.service,
         method=method,
-        payload=state.payload,
+        payload=request,
         timeout_secs=step.timeout_secs,
         idempotency_key=idempotency_key(state.saga_id, index, action),
     )
@@ -446,7 +543,7 @@ def _log(
         step_name=step_name,
         action=flight.action,
         status=status,
-        request_payload=state.payload,
+        request_payload=flight.request,
         response_payload=response,
         error_message=error,
         started_at=flight.started_at,

@@ -207,8 +207,25 @@ def findings(record: SagaRecord, *, must_be_terminal: bool = True) -> list[Findi
             for g in record.step_logs
             if g.action is Action.EXECUTE and g.status is StepStatus.SUCCESS
         }
+        # A step its `when` skipped (SPEC §10) is done without being called.
+        skipped = {
+            g.step_index
+            for g in record.step_logs
+            if g.action is Action.EXECUTE and g.status is StepStatus.SKIPPED
+        }
         for i in range(len(wf.steps)):
             missing = []
+            if i in skipped:
+                if i in executed:
+                    missing.append("was skipped by its `when`, yet called")
+                if missing:
+                    add(
+                        Finding(
+                            Kind.COMPLETED_WITH_STEP_NOT_DONE,
+                            f"COMPLETED, but step {_name(wf, i)} " + " and ".join(missing),
+                        )
+                    )
+                continue
             if i not in succeeded:
                 missing.append("has no successful execution log")
             if record.applied is not None and not record.applied.get(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -86,6 +86,9 @@ SERVICE_NOT_REGISTERED = "SERVICE_NOT_REGISTERED"  # the step's service is not i
 INVALID_METHOD = "INVALID_METHOD"  # the method name cannot be a gRPC path
 INVALID_RESPONSE = "INVALID_RESPONSE"  # a reply came but cannot be used (too large, not JSON)
 CALLER_CODES = frozenset({SERVICE_NOT_REGISTERED, INVALID_METHOD, INVALID_RESPONSE})
+# The core's own: a step's `input`, `when` or `compensate_input` could not give a request
+# (SPEC §10); the step was never called, and no retry can mend it.
+INVALID_INPUT = "INVALID_INPUT"
 
 # Failures no retry can mend: the same call would fail the same way (SPEC §3).
 PERMANENT_FAILURE_CODES = frozenset({SERVICE_NOT_REGISTERED, INVALID_METHOD, INVALID_RESPONSE})
@@ -121,6 +124,12 @@ class Step:
     compensate: str | None = None
     timeout_secs: float = 30
     retry: RetryPolicy = field(factory=RetryPolicy)
+    # SPEC §10, JMESPath source text (compiled when the workflow is parsed): the request, when
+    # the step runs at all, and the compensation's request. None: the payload, always, and the
+    # forward request.
+    input: str | None = None
+    when: str | None = None
+    compensate_input: str | None = None
 
 
 @frozen
@@ -137,13 +146,23 @@ class Workflow:
 @frozen
 class InFlight:
     """The one participant call a saga is waiting on (never stored: a recovered saga starts
-    the step again with a fresh attempt count; the idempotency key makes that safe)."""
+    the step again with a fresh attempt count; the idempotency key makes that safe). `request`
+    is what every attempt of it sends, fixed when the execution started."""
 
     action: Action
     step_index: int
     attempt: int
     started_at: datetime
     waiting_retry: bool = False
+    request: Mapping[str, Any] | None = None
+
+
+@frozen
+class StepResult:
+    """A forward step that succeeded: what it was sent and what it answered (SPEC §10)."""
+
+    request: Mapping[str, Any] | None
+    response: Mapping[str, Any] | None
 
 
 @frozen
@@ -171,6 +190,9 @@ class SagaState:
     updated_at: datetime
     compensation: Compensation | None = None
     in_flight: InFlight | None = None
+    # The steps that succeeded so far, by name: the context of step expressions. Not a stored
+    # column: the stores rebuild it from the step logs (`steps_from_logs`) when a saga is claimed.
+    steps: Mapping[str, StepResult] = field(factory=dict)
 
     @property
     def terminal(self) -> bool:
@@ -252,3 +274,13 @@ def step_log_id(saga_id: str, step_index: int, action: Action) -> str:
 def event_id(saga_id: str, event_type: EventType) -> str:
     """Each event type is published at most once per saga, so this id is unique."""
     return _derived_id(saga_id, f"event:{event_type.value}")
+
+
+def steps_from_logs(logs: Iterable[StepLog]) -> dict[str, StepResult]:
+    """`SagaState.steps` from a saga's step logs in time order: the last successful execution
+    of each step."""
+    done: dict[str, StepResult] = {}
+    for log in logs:
+        if log.action is Action.EXECUTE and log.status is StepStatus.SUCCESS:
+            done[log.step_name] = StepResult(log.request_payload, log.response_payload)
+    return done

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+import saga.expressions as expressions
 from saga.errors import ValidationError
 from saga.model import GRPC_CODE_NAMES, Backoff, RetryPolicy, Step, Workflow
 from saga.values import text_problem
@@ -56,7 +57,21 @@ _ALLOWED_TAGS = frozenset(
 )
 
 _WORKFLOW_KEYS = frozenset({"name", "steps"})
-_STEP_KEYS = frozenset({"name", "service", "method", "compensate", "timeout_secs", "retry"})
+_STEP_KEYS = frozenset(
+    {
+        "name",
+        "service",
+        "method",
+        "compensate",
+        "timeout_secs",
+        "retry",
+        "input",
+        "when",
+        "compensate_input",
+    }
+)
+_EXPRESSION_KEYS = ("input", "when", "compensate_input")
+MAX_EXPRESSION_CHARS = 4096
 _RETRY_KEYS = frozenset(
     {
         "max_attempts",
@@ -290,6 +305,11 @@ def _step(raw: Any, path: str, known_services: Collection[str] | None) -> Step:
     if timeout > MAX_TIMEOUT_SECS:
         raise ValidationError(f"{path}.timeout_secs: must be <= {MAX_TIMEOUT_SECS}")
     retry = _retry(raw.get("retry", {}), f"{path}.retry")
+    expressions = {key: _expression(raw, key, path) for key in _EXPRESSION_KEYS}
+    if expressions["compensate_input"] is not None and compensate is None:
+        raise ValidationError(
+            f"{path}.compensate_input: the step has no compensate method to send it to"
+        )
     return Step(
         name=name,
         service=service,
@@ -297,7 +317,22 @@ def _step(raw: Any, path: str, known_services: Collection[str] | None) -> Step:
         compensate=compensate,
         timeout_secs=timeout,
         retry=retry,
+        **expressions,
     )
+
+
+def _expression(raw: Mapping[str, Any], key: str, path: str) -> str | None:
+    """A JMESPath expression (SPEC §10), compiled now so a mistake is a 400 at registration."""
+    value = raw.get(key)
+    if value is None:
+        return None
+    field = f"{path}.{key}"
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(f"{field}: must be a JMESPath expression (a non-empty string)")
+    if len(value) > MAX_EXPRESSION_CHARS:
+        raise ValidationError(f"{field}: must be at most {MAX_EXPRESSION_CHARS} characters")
+    expressions.check(value, field)
+    return value
 
 
 def _retry(raw: Any, path: str) -> RetryPolicy:

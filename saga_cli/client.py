@@ -93,6 +93,8 @@ def timeline_line(log: dict[str, Any]) -> str:
     line = f"  {log['completed_at'] or log['started_at']}  {log['action']:<10} {log['step_name']:<24} {log['status']}"
     if log.get("error_message"):
         line += f"  {log['error_message']}"
+    elif log["action"] == "COMPENSATE" and log.get("request_payload") is not None:
+        line += "  sent " + json.dumps(log["request_payload"], separators=(",", ":"))
     return line
 
 

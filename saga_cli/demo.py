@@ -20,8 +20,7 @@ import yaml
 
 from saga_cli.client import TERMINAL, Client, ClientError, print_timeline
 
-ORDER_FULFILLMENT = """\
-name: order-fulfillment
+ORDER_FULFILLMENT = """name: order-fulfillment
 steps:
   - name: reserve-inventory
     service: inventory-service
@@ -41,6 +40,9 @@ steps:
       max_attempts: 3
       backoff: exponential
       initial_interval_ms: 1000
+    # The charge gets what it needs; the refund gets the charge id the charge answered.
+    input: "{order_id: payload.order_id, amount: payload.amount, card: payload.card}"
+    compensate_input: '{order_id: payload.order_id, charge_id: steps."process-payment".response.charge_id}'
   - name: arrange-shipping
     service: shipping-service
     method: ShippingService.CreateShipment
@@ -50,6 +52,8 @@ steps:
       max_attempts: 3
       backoff: exponential
       initial_interval_ms: 1000
+    # A digital order has nothing to ship: the step is skipped (and never compensated).
+    when: "!(payload.digital)"
 """
 
 BEHAVIOURS: dict[str, dict[str, Any]] = {
@@ -61,9 +65,17 @@ BEHAVIOURS: dict[str, dict[str, Any]] = {
             "fail_if_payload": {"field": "card", "equals": "declined"},
             "fail": "FAILED_PRECONDITION",
             "message": "payment declined",
+            "reply": {"charge_id": "ch_1", "charged": True},
         }
     },
-    "shipping-service": {"ShippingService.CreateShipment": {"reply": {"tracking": "TRK-42"}}},
+    "shipping-service": {
+        "ShippingService.CreateShipment": {
+            "fail_if_payload": {"field": "address", "equals": "nowhere"},
+            "fail": "FAILED_PRECONDITION",
+            "message": "address not deliverable",
+            "reply": {"tracking": "TRK-42"},
+        }
+    },
 }
 
 
@@ -135,8 +147,16 @@ def run_demo(out: Any = sys.stdout) -> int:
         orders = [
             ("an order that goes through", {"order_id": "A-1001", "amount": 42, "card": "ok"}),
             (
+                "a digital order: nothing to ship, so shipping is skipped",
+                {"order_id": "A-1002", "amount": 15, "card": "ok", "digital": True},
+            ),
+            (
+                "an order that cannot be shipped: the refund gets the charge id",
+                {"order_id": "A-1003", "amount": 30, "card": "ok", "address": "nowhere"},
+            ),
+            (
                 "an order whose payment is declined",
-                {"order_id": "A-1002", "amount": 99, "card": "declined"},
+                {"order_id": "A-1004", "amount": 99, "card": "declined"},
             ),
         ]
         for title, payload in orders:

@@ -28,6 +28,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         payload=args.payload,
         out=sys.stdout,
         err=sys.stderr,
+        respond=args.respond,
     )
 
 
@@ -72,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="STEP[:CODE]",
         help="every attempt of STEP fails with CODE (default UNAVAILABLE); repeatable",
+    )
+    p.add_argument(
+        "--respond",
+        action="append",
+        default=[],
+        metavar="STEP=JSON",
+        help="STEP's participant answers with this JSON object (default {}); repeatable",
     )
     p.add_argument(
         "--timeout",

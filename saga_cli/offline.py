@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TextIO
 
 from saga.errors import ValidationError
-from saga.events import Commit, ScheduleRetry, StepFailed
+from saga.events import CallParticipant, Commit, ScheduleRetry, StepFailed
 from saga.model import Action, Workflow
 from saga.simulation import SUCCESS, Outcome, Run, run, start_state
 from saga.workflow import parse_workflow
@@ -50,6 +50,7 @@ def simulate_file(
     payload: str,
     out: TextIO,
     err: TextIO,
+    respond: Sequence[str] = (),
 ) -> int:
     try:
         workflow = load_workflow(path)
@@ -79,6 +80,24 @@ def simulate_file(
     if not isinstance(body, dict):
         print("--payload: must be a JSON object", file=err)
         return 2
+    responses: dict[str, dict[str, object]] = {}
+    for item in respond:
+        step, sep, text = item.partition("=")
+        if not sep or step not in names:
+            print(
+                f"--respond: expected STEP=JSON with a step of {workflow.name}, got {item!r}",
+                file=err,
+            )
+            return 2
+        try:
+            reply = json.loads(text)
+        except json.JSONDecodeError as exc:
+            print(f"--respond {step}: not valid JSON: {exc.msg}", file=err)
+            return 2
+        if not isinstance(reply, dict):
+            print(f"--respond {step}: must be a JSON object", file=err)
+            return 2
+        responses[step] = reply
 
     def script(index: int, action: Action, attempt: int) -> Outcome:
         name = workflow.steps[index].name
@@ -87,6 +106,8 @@ def simulate_file(
         if action is Action.EXECUTE and name in failures:
             code = failures[name]
             return Outcome("error", code=code, message=f"simulated {code} from {name}")
+        if action is Action.EXECUTE and name in responses:
+            return Outcome("success", response=responses[name])
         return SUCCESS
 
     cancel_index = None if cancel_after is None else workflow.step_names.index(cancel_after)
@@ -117,7 +138,14 @@ def print_timeline(workflow: Workflow, result: Run, out: TextIO) -> None:
     for turn in result.turns:
         event = turn.event
         for effect in turn.decision.effects:
-            if isinstance(effect, ScheduleRetry) and isinstance(event, StepFailed):
+            if isinstance(effect, CallParticipant) and effect.attempt == 1:
+                request = json.dumps(dict(effect.payload), separators=(",", ":"))
+                print(
+                    f"{stamp(turn.at)}  {effect.action.value:<10} {effect.step_name:<24} "
+                    f"call {effect.method} with {request}",
+                    file=out,
+                )
+            elif isinstance(effect, ScheduleRetry) and isinstance(event, StepFailed):
                 step = workflow.steps[effect.step_index]
                 print(
                     f"{stamp(turn.at)}  {effect.action.value:<10} {step.name:<24} attempt "

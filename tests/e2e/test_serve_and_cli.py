@@ -205,7 +205,9 @@ def test_serve_stops_cleanly_on_sigterm(server: Server) -> None:
 
 
 def test_demo_runs_from_a_clean_directory_and_leaves_nothing_running(tmp_path: Path) -> None:
-    """`saga demo` prints a COMPLETED and a compensated FAILED saga, exits 0, and leaves no process."""
+    """`saga demo` prints its four orders (one that completes, a digital one whose shipping is
+    skipped, one that cannot be shipped and is refunded with the charge id the payment
+    answered, one whose payment is declined), exits 0, and leaves no process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAGA_") and k != "DATABASE_URL"}
     env["PYTHONPATH"] = str(ROOT)
     marker = f"demo-{uuid.uuid4().hex[:6]}"
@@ -218,12 +220,29 @@ def test_demo_runs_from_a_clean_directory_and_leaves_nothing_running(tmp_path: P
         env={**env, "SAGA_DEMO_MARK": marker},
     )
     assert result.returncode == 0, result.stderr
-    out = result.stdout
-    assert "status COMPLETED" in out and "status FAILED" in out
-    failed = out[out.index("status FAILED") :]
-    assert "FAILED_PRECONDITION: payment declined" in failed
-    assert "COMPENSATE reserve-inventory" in " ".join(failed.split())
-    assert "arrange-shipping" not in failed
+    blocks = {b.split("\n", 1)[0]: " ".join(b.split()) for b in result.stdout.split("== ")[1:]}
+    through, digital, unshippable, declined = (
+        blocks[k]
+        for k in (
+            "an order that goes through",
+            "a digital order: nothing to ship, so shipping is skipped",
+            "an order that cannot be shipped: the refund gets the charge id",
+            "an order whose payment is declined",
+        )
+    )
+    assert "status COMPLETED" in through and "arrange-shipping SUCCESS" in through
+    assert "status COMPLETED" in digital and "EXECUTE arrange-shipping SKIPPED" in digital
+    assert "COMPENSATE arrange-shipping" not in digital
+    assert "status FAILED" in unshippable and "address not deliverable" in unshippable
+    assert (
+        'COMPENSATE process-payment SUCCESS sent {"order_id":"A-1003","charge_id":"ch_1"}'
+        in unshippable
+    )
+    assert "COMPENSATE reserve-inventory SUCCESS" in unshippable
+    assert "status FAILED" in declined
+    assert "FAILED_PRECONDITION: payment declined" in declined
+    assert "COMPENSATE reserve-inventory" in declined
+    assert "arrange-shipping" not in declined
     assert list(tmp_path.iterdir()) == []
     wait_until(lambda: not processes_mentioning("saga-demo-"), 10, what="demo processes to be gone")
 

@@ -45,11 +45,64 @@ steps:
 """
 
 
+# Data between steps (SPEC §10): the refund reads the charge id from the payment's reply, and a
+# digital order skips shipping.
+DATA_WORKFLOW = """
+name: golden-data
+steps:
+  - name: reserve
+    service: inventory
+    method: Inventory.Reserve
+    compensate: Inventory.Release
+    input: "{sku: payload.sku}"
+  - name: charge
+    service: payment
+    method: Payment.Charge
+    compensate: Payment.Refund
+    input: "{order: payload.order_id, amount: payload.amount, hold: steps.reserve.response.hold}"
+    compensate_input: "{charge_id: steps.charge.response.charge_id, sent: steps.charge.request}"
+  - name: ship
+    service: shipping
+    method: Shipping.Create
+    when: "!(payload.digital)"
+  - name: notify
+    service: mail
+    method: Mail.Send
+    input: "{order: payload.order_id, charge: steps.charge.response.charge_id}"
+"""
+
+
 def _script(rules: dict[tuple[int, str, int], Outcome]) -> Any:
     def script(index: int, action: Action, attempt: int) -> Outcome:
         return rules.get((index, action.value, attempt), SUCCESS)
 
     return script
+
+
+def _replies(rules: dict[tuple[int, str, int], Outcome], replies: dict[int, Any]) -> Any:
+    def script(index: int, action: Action, attempt: int) -> Outcome:
+        if (index, action.value, attempt) in rules:
+            return rules[(index, action.value, attempt)]
+        return Outcome("success", response=replies.get(index, {}))
+
+    return script
+
+
+def data_scenarios() -> dict[str, Run]:
+    wf = parse_workflow(DATA_WORKFLOW)
+    replies = {0: {"hold": "h-7"}, 1: {"charge_id": "ch_1"}}
+    declined = Outcome("error", code="FAILED_PRECONDITION", message="no such address")
+    physical = {"order_id": "o-2", "sku": "s-1", "amount": 7, "digital": False}
+    return {
+        "data_flow_refund_gets_charge_id": run(
+            wf,
+            _replies({(3, "EXECUTE", n): declined for n in range(1, 4)}, replies),
+            state=start_state(wf, physical),
+        ),
+        "data_flow_when_skips_a_step": run(
+            wf, _replies({}, replies), state=start_state(wf, {**physical, "digital": True})
+        ),
+    }
 
 
 def scenarios() -> dict[str, Run]:
@@ -87,8 +140,8 @@ def scenarios() -> dict[str, Run]:
     }
 
 
-def record(result: Run) -> dict[str, Any]:
-    wf = parse_workflow(WORKFLOW)
+def record(result: Run, text: str = WORKFLOW) -> dict[str, Any]:
+    wf = parse_workflow(text)
     return {
         "workflow": workflow_to_dict(wf),
         "turns": [
@@ -105,9 +158,11 @@ def record(result: Run) -> dict[str, Any]:
 
 def write() -> None:
     GOLDEN_DIR.mkdir(parents=True, exist_ok=True)
-    for name, result in scenarios().items():
+    recorded = [(n, r, WORKFLOW) for n, r in scenarios().items()]
+    recorded += [(n, r, DATA_WORKFLOW) for n, r in data_scenarios().items()]
+    for name, result, text in recorded:
         path = GOLDEN_DIR / f"{name}.json"
-        path.write_text(json.dumps(record(result), indent=1, sort_keys=True) + "\n")
+        path.write_text(json.dumps(record(result, text), indent=1, sort_keys=True) + "\n")
         print(f"wrote {path}")
 
 

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "workflows" / "order-fulfillment.yaml"
 
@@ -116,3 +118,49 @@ def test_validate_takes_anchors_and_merge_keys_and_refuses_a_laugh_bomb_fast(
     assert lines[0].endswith("over the limit of 10000")
     # The whole command, interpreter start-up included (about 0.2 s; the parse takes ms).
     assert elapsed < 1.0, elapsed
+
+
+def test_simulate_feeds_responses_and_shows_every_request(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`saga simulate --respond process-payment='{"charge_id": "ch_1"}' --fail arrange-shipping`
+    prints the refund's request with the charge id the payment answered."""
+    from saga_cli.main import main
+
+    code = main(
+        [
+            "simulate",
+            str(ROOT / "workflows" / "order-fulfillment.yaml"),
+            "--fail",
+            "arrange-shipping",
+            "--respond",
+            'process-payment={"charge_id": "ch_1"}',
+            "--payload",
+            '{"order_id": "A-1", "amount": 5, "card": "ok"}',
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    refund = next(line for line in out.splitlines() if "call PaymentService.Refund" in line)
+    assert '{"order_id":"A-1","charge_id":"ch_1"}' in refund
+    charge = next(line for line in out.splitlines() if "call PaymentService.Charge" in line)
+    assert '{"order_id":"A-1","amount":5,"card":"ok"}' in charge
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("nope={}", "--respond: expected STEP=JSON"),
+        ("process-payment={", "--respond process-payment: not valid JSON"),
+        ("process-payment=[1]", "--respond process-payment: must be a JSON object"),
+    ],
+)
+def test_simulate_refuses_a_bad_response_naming_it(
+    flag: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad --respond exits 2 with a line naming the flag."""
+    from saga_cli.main import main
+
+    code = main(["simulate", str(ROOT / "workflows" / "order-fulfillment.yaml"), "--respond", flag])
+    assert code == 2
+    assert message in capsys.readouterr().err

@@ -14,11 +14,13 @@ bound parameters.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -44,12 +46,16 @@ from saga.model import (
     StepLog,
     StepStatus,
     Workflow,
+    steps_from_logs,
 )
 from workers.adapters.store.base import (
+    MAX_RETENTION_BATCH,
+    RETENTION_EVENTS_MARGIN_SECS,
     CancelOutcome,
     Claimed,
     CommitRequest,
     CommitResult,
+    DeleteEnded,
     OutboxRow,
     SagaFilter,
     SagaPage,
@@ -148,6 +154,13 @@ WHERE created_at >= %s GROUP BY 1
 _ENDED_BY_MINUTE = f"""
 SELECT date_trunc('minute', updated_at) AS minute, count(*) AS n FROM {{schema}}.saga_states
 WHERE status IN ({_TERMINAL}) AND updated_at >= %s GROUP BY 1
+"""
+
+# What claimed sagas' step expressions see of earlier steps (`SagaState.steps`).
+_FORWARD_LOGS = f"""
+SELECT {_LOG_COLUMNS} FROM {{schema}}.saga_step_logs
+WHERE saga_id = ANY(%s::uuid[]) AND action = 'EXECUTE' AND status = 'SUCCESS'
+ORDER BY seq
 """
 
 _IS_CANCEL_REQUESTED = "SELECT cancel_requested FROM {schema}.saga_states WHERE id = %s"
@@ -345,6 +358,42 @@ DELETE FROM {schema}.outbox
 WHERE published_at IS NOT NULL AND published_at <= now() - make_interval(secs => %s)
 """
 
+# Retention (SPEC §13). The turn is a session advisory lock (namespaces: see migrate.py),
+# held by the one connection that runs the batches; it goes with that session if the process dies.
+_LOCK_RETENTION = 0x5A6A03
+_RETENTION_TRY_LOCK = "SELECT pg_try_advisory_lock(%s, hashtext(%s))"
+_RETENTION_UNLOCK = "SELECT pg_advisory_unlock(%s, hashtext(%s))"
+
+# Rows are numbered as they are written: every row written before a time has a lower seq than
+# the first one written after it (the older rows are few once the relay has pruned).
+_OUTBOX_FIRST_AFTER = """
+SELECT seq FROM {schema}.outbox WHERE created_at > %s ORDER BY seq LIMIT 1
+"""
+
+# One statement, one short transaction: terminal sagas by idx_saga_states_ended (0004), oldest
+# first, none with an event still unpublished (idx_outbox_unpublished_saga); their published
+# events within the seq range; the sagas, whose step logs (and every other row referencing
+# them) go by ON DELETE CASCADE. The delete trigger of 0003 keeps saga_counts exact.
+_DELETE_ENDED = f"""
+WITH ended AS (
+    SELECT s.id FROM {{schema}}.saga_states AS s
+    WHERE s.status IN ({_TERMINAL}) AND s.updated_at < %(before)s
+      AND NOT EXISTS (
+          SELECT 1 FROM {{schema}}.outbox AS o
+          WHERE o.saga_id = s.id AND o.published_at IS NULL)
+    ORDER BY s.updated_at
+    LIMIT %(limit)s
+    FOR UPDATE OF s SKIP LOCKED
+),
+events AS (
+    DELETE FROM {{schema}}.outbox AS o
+    WHERE o.seq < %(seq_bound)s AND o.saga_id = ANY(ARRAY(SELECT id FROM ended))
+)
+DELETE FROM {{schema}}.saga_states AS s
+WHERE s.id = ANY(ARRAY(SELECT id FROM ended))
+"""
+_NO_SEQ_BOUND = 2**63 - 1
+
 _SESSION_SETUP = """
 SELECT set_config('saga.keep_updated_at', 'on', false), set_config('TimeZone', 'UTC', false),
        set_config('statement_timeout', %s, false)
@@ -505,6 +554,7 @@ class PostgresStore(Store):
         self._get_step_logs = q(_GET_STEP_LOGS)
         self._request_cancel = q(_REQUEST_CANCEL)
         self._is_cancel_requested = q(_IS_CANCEL_REQUESTED)
+        self._forward_logs = q(_FORWARD_LOGS)
         self._status_counts = q(_STATUS_COUNTS)
         self._started_by_minute = q(_STARTED_BY_MINUTE)
         self._ended_by_minute = q(_ENDED_BY_MINUTE)
@@ -688,7 +738,25 @@ class PostgresStore(Store):
             for row in rows
         ]
         claimed.sort(key=lambda c: (c.state.created_at, c.state.saga_id))
-        return claimed
+        return self._with_steps(claimed)
+
+    def _with_steps(self, claimed: list[Claimed]) -> list[Claimed]:
+        """Rebuild `steps` from the logs of the claimed sagas that have run a step (one query)."""
+        ran = [c.state.saga_id for c in claimed if c.state.status is not SagaStatus.STARTED]
+        if not ran:
+            return claimed
+        by_saga: dict[str, list[StepLog]] = {}
+        for row in self._rows(self._forward_logs, ([uuid.UUID(i) for i in ran],)):
+            log_ = _log_from_row(row)
+            by_saga.setdefault(log_.saga_id, []).append(log_)
+        return [
+            c
+            if c.state.status is SagaStatus.STARTED
+            else evolve(
+                c, state=evolve(c.state, steps=steps_from_logs(by_saga.get(c.state.saga_id, ())))
+            )
+            for c in claimed
+        ]
 
     def _lease_arrays(self, leases: dict[str, int]) -> tuple[list[uuid.UUID], list[int]]:
         ids: list[uuid.UUID] = []
@@ -896,3 +964,39 @@ class PostgresStore(Store):
 
     def close(self) -> None:
         self._pool.close()
+
+    # ---------------------------------------------------------------- retention
+
+    @contextmanager
+    def retention_turn(self) -> Iterator[DeleteEnded | None]:
+        """The turn holds one pooled connection for the block; the batches run on it."""
+        lock = (_LOCK_RETENTION, self._schema)
+        with self._pool.connection() as conn:
+            row = conn.execute(_RETENTION_TRY_LOCK, lock).fetchone()
+            if not (row and row[0]):
+                yield None
+                return
+            try:
+                yield functools.partial(self._delete_ended, conn)
+            finally:
+                try:
+                    conn.execute(_RETENTION_UNLOCK, lock)
+                except psycopg.Error:
+                    conn.close()  # the lock goes with the session; the pool drops it
+
+    def _delete_ended(self, conn: Connection[Any], ended_before: datetime, limit: int) -> int:
+        if not 0 < limit <= MAX_RETENTION_BATCH:
+            raise ValueError(f"limit must be 1..{MAX_RETENTION_BATCH}, not {limit}")
+        events_until = ended_before + timedelta(seconds=RETENTION_EVENTS_MARGIN_SECS)
+        # Unprepared: planned for these values (a generic plan would not see that the seq
+        # range is small), and never a prepared statement the pool's next user inherits.
+        first_after = conn.execute(
+            self._q(_OUTBOX_FIRST_AFTER), (events_until,), prepare=False
+        ).fetchone()
+        params = {
+            "before": ended_before,
+            "limit": limit,
+            "seq_bound": first_after[0] if first_after else _NO_SEQ_BOUND,
+        }
+        cur = conn.execute(self._q(_DELETE_ENDED), params, prepare=False)
+        return cur.rowcount

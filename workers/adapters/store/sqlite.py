@@ -10,7 +10,9 @@ filters on come from `saga.model`.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -31,12 +33,16 @@ from saga.model import (
     SagaStatus,
     StepLog,
     Workflow,
+    steps_from_logs,
 )
 from workers.adapters.store.base import (
+    MAX_RETENTION_BATCH,
+    RETENTION_EVENTS_MARGIN_SECS,
     CancelOutcome,
     Claimed,
     CommitRequest,
     CommitResult,
+    DeleteEnded,
     OutboxRow,
     SagaFilter,
     SagaPage,
@@ -103,6 +109,11 @@ VALUES (:id, :workflow_name, :workflow_version, :current_step, :status, :payload
 _GET_SAGA = f"SELECT {STATE_COLUMNS} FROM saga_states WHERE id = ?"
 # Insertion order: logs are written when a step ends, by the one executor holding the saga.
 _GET_STEP_LOGS = f"SELECT {LOG_COLUMNS} FROM saga_step_logs WHERE saga_id = ? ORDER BY seq"
+# What a claimed saga's step expressions see of earlier steps (`SagaState.steps`).
+_FORWARD_LOGS = f"""
+SELECT {LOG_COLUMNS} FROM saga_step_logs
+WHERE saga_id = ? AND action = 'EXECUTE' AND status = 'SUCCESS' ORDER BY seq
+"""
 
 _STATUS_COUNTS = "SELECT status, count(*) AS n FROM saga_states GROUP BY status"
 _STARTED_BY_MINUTE = """
@@ -185,6 +196,30 @@ _OUTBOX_STATS = (
     "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE published_at IS NULL"
 )
 _PRUNE_OUTBOX = "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?"
+
+# Retention (SPEC §13). The statuses are spelled as the WHERE of idx_saga_states_ended
+# (migration 0002), term for term: SQLite uses a partial index only for a query that repeats
+# its terms, and INDEXED BY turns a change there into an error instead of a table scan.
+_ENDED_INDEXED = ", ".join(
+    f"'{s.value}'" for s in (SagaStatus.COMPLETED, SagaStatus.FAILED, SagaStatus.CANCELLED)
+)
+_ENDED_BEFORE = f"""
+SELECT id FROM saga_states INDEXED BY idx_saga_states_ended
+WHERE status IN ({_ENDED_INDEXED}) AND updated_at < ?
+  AND id NOT IN (SELECT saga_id FROM outbox WHERE published_at IS NULL)
+ORDER BY updated_at LIMIT ?
+"""
+# Rows are numbered as they are written: every row written before a time has a lower seq
+# than the first one written after it (the older rows are few once the relay has pruned).
+_OUTBOX_FIRST_AFTER = "SELECT seq FROM outbox WHERE created_at > ? ORDER BY seq LIMIT 1"
+_DELETE_EVENTS_OF = """
+DELETE FROM outbox WHERE seq < ? AND saga_id IN (SELECT value FROM json_each(?))
+"""
+# Step logs (and every other row that references the saga) go by ON DELETE CASCADE.
+_DELETE_SAGAS = "DELETE FROM saga_states WHERE id IN (SELECT value FROM json_each(?))"
+_NO_SEQ_BOUND = 2**63 - 1
+# The turn of a store on ":memory:" (a file's turn is a lock on a file next to it).
+_MEMORY_TURN = threading.Lock()
 
 # --------------------------------------------------------------------------- conversions
 
@@ -427,7 +462,7 @@ class SqliteStore(Store):
             conn.executemany(_TAKE_LEASE, [(owner, now + lease_secs, r["id"]) for r in rows])
         return [
             Claimed(
-                _state(r),
+                self._with_steps(_state(r)),
                 r["lease_token"] + 1,
                 bool(r["cancel_requested"]),
                 taken_over=r["lease_owner"] is not None and r["lease_owner"] != owner,
@@ -435,6 +470,13 @@ class SqliteStore(Store):
             )
             for r in rows
         ]
+
+    def _with_steps(self, state: SagaState) -> SagaState:
+        """`state` with `steps` rebuilt from its logs (a saga that has run a step)."""
+        if state.status is SagaStatus.STARTED:
+            return state
+        rows = self._conn().execute(_FORWARD_LOGS, (state.saga_id,)).fetchall()
+        return evolve(state, steps=steps_from_logs(log_from_row(r, _dt, _unjson) for r in rows))
 
     def renew(self, owner: str, leases: dict[str, int], lease_secs: float) -> set[str]:
         if not leases:
@@ -557,3 +599,49 @@ class SqliteStore(Store):
                     conn.close()
             self._all.clear()
         self._local = threading.local()
+
+    # ---------------------------------------------------------------- retention
+
+    @contextmanager
+    def retention_turn(self) -> Iterator[DeleteEnded | None]:
+        """The turn is an exclusive `flock` on `<file>.retention-lock`, held for the block:
+        the kernel drops it when the process dies, so a crashed deleter never blocks the next."""
+        if self._path == ":memory:":
+            if not _MEMORY_TURN.acquire(blocking=False):
+                yield None
+                return
+            try:
+                yield self._delete_ended
+            finally:
+                _MEMORY_TURN.release()
+            return
+        fd = os.open(f"{self._path}.retention-lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield None
+                return
+            yield self._delete_ended
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _delete_ended(self, ended_before: datetime, limit: int) -> int:
+        if not 0 < limit <= MAX_RETENTION_BATCH:
+            raise ValueError(f"limit must be 1..{MAX_RETENTION_BATCH}, not {limit}")
+        before = _ts(ended_before)
+        # A read first: a pass with nothing to delete must not take the write lock.
+        if not self._conn().execute(_ENDED_BEFORE, (before, 1)).fetchone():
+            return 0
+        events_until = ended_before.timestamp() + RETENTION_EVENTS_MARGIN_SECS
+        with self._write() as conn:
+            ids = [r["id"] for r in conn.execute(_ENDED_BEFORE, (before, limit))]
+            if ids:
+                first_after = conn.execute(_OUTBOX_FIRST_AFTER, (events_until,)).fetchone()
+                listed = json.dumps(ids)
+                conn.execute(
+                    _DELETE_EVENTS_OF,
+                    (first_after["seq"] if first_after else _NO_SEQ_BOUND, listed),
+                )
+                conn.execute(_DELETE_SAGAS, (listed,))
+        return len(ids)
