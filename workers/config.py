@@ -153,6 +153,9 @@ class SagaSection:
     lease_secs: float = 30.0
     claim_interval_ms: int = 50
     commit_batch: int = 512
+    # SPEC §13: ended sagas whose updated_at is older than this many days are deleted.
+    # None (the default): nothing is ever deleted.
+    retention_days: float | None = None
 
 
 @define
@@ -295,6 +298,8 @@ def _check(config: Config, path: str) -> None:
         raise bad("saga.max_concurrent", "must be >= 1")
     if config.saga.lease_secs <= 0:
         raise bad("saga.lease_secs", "must be > 0")
+    if config.saga.retention_days is not None and not 0 < config.saga.retention_days < 1e6:
+        raise bad("saga.retention_days", "must be a number of days > 0 (leave it out to keep all)")
     for name, endpoint in config.services.items():
         if not 1 <= endpoint.port <= 65535:
             raise bad(f"services.{name}.port", "must be a port number (1..65535)")

@@ -27,6 +27,7 @@ from workers.adapters.store.base import SagaFilter, SagaPage, Store
 from workers.config import Config, DatabaseConfig
 from workers.interpreter import Executor, WorkflowCatalog, utc_now
 from workers.service import inputs
+from workers.service.retention import Retention
 
 log = logging.getLogger("saga.engine")
 
@@ -88,6 +89,9 @@ class Engine:
                 batch=config.kafka.relay_batch,
                 retention_secs=config.kafka.retention_hours * 3600,
             )
+        self.retention: Retention | None = None
+        if config.saga.retention_days is not None:
+            self.retention = Retention(store, config.saga.retention_days)
 
     @classmethod
     def from_config(
@@ -106,8 +110,12 @@ class Engine:
             self.executor.start()
         if self.relay is not None:
             self.relay.start()
+        if self.retention is not None:
+            self.retention.start()
 
     def close(self, grace_secs: float = 10.0) -> None:
+        if self.retention is not None:
+            self.retention.stop(grace_secs)
         if self.executor is not None:
             self.executor.stop(grace_secs)
         if self.caller is not None:

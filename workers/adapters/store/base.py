@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from attrs import frozen
 
@@ -234,3 +235,31 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections."""
+
+    # -------------------------------------------------------------- retention (SPEC §13)
+
+    @abc.abstractmethod
+    def retention_turn(self) -> AbstractContextManager[DeleteEnded | None]:
+        """This process's turn at deleting ended sagas, for the length of the block: a
+        `DeleteEnded` while no other process (or store instance) holds the turn, else None
+        (then do nothing now). One process at a time deletes, so the work never doubles up."""
+
+
+MAX_RETENTION_BATCH = 1000
+# A saga's outbox rows are written with its commits, so none is written much after its last
+# `updated_at` (the executor's clock; its commit may wait a little in the queue). The SQL stores
+# look for the published rows of deleted sagas among the rows written up to this long after
+# the cut-off: a range of the outbox's primary key, not a scan of the whole outbox.
+RETENTION_EVENTS_MARGIN_SECS = 3600.0
+
+
+class DeleteEnded(Protocol):
+    """One batch of retention, in one short transaction (SPEC §13)."""
+
+    def __call__(self, ended_before: datetime, limit: int) -> int:
+        """Delete up to `limit` (at most `MAX_RETENTION_BATCH`) terminal sagas whose
+        `updated_at` is before `ended_before`, oldest first, with everything that belongs to
+        them: step logs, operator actions, published outbox rows, the idempotency key (a column
+        of the saga). A saga with an event not yet published is skipped until it is (events
+        are never lost); a saga that is not terminal is never touched. Returns how many
+        sagas were deleted (fewer than `limit`: none are left for now)."""

@@ -7,7 +7,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from attrs import evolve
@@ -21,10 +22,12 @@ from saga.model import (
     Workflow,
 )
 from workers.adapters.store.base import (
+    MAX_RETENTION_BATCH,
     CancelOutcome,
     Claimed,
     CommitRequest,
     CommitResult,
+    DeleteEnded,
     OutboxRow,
     SagaFilter,
     SagaPage,
@@ -78,6 +81,7 @@ class MemoryStore(Store):
         self._logs: dict[str, list[StepLog]] = {}
         self._outbox: list[_Outbox] = []
         self._seq = 0
+        self._retention_turn = threading.Lock()
 
     # ---------------------------------------------------------------- workflows
 
@@ -322,6 +326,46 @@ class MemoryStore(Store):
 
     def close(self) -> None:
         return None
+
+    # ---------------------------------------------------------------- retention
+
+    @contextmanager
+    def retention_turn(self) -> Iterator[DeleteEnded | None]:
+        if not self._retention_turn.acquire(blocking=False):
+            yield None
+            return
+        try:
+            yield self._delete_ended
+        finally:
+            self._retention_turn.release()
+
+    def _delete_ended(self, ended_before: datetime, limit: int) -> int:
+        if not 0 < limit <= MAX_RETENTION_BATCH:
+            raise ValueError(f"limit must be 1..{MAX_RETENTION_BATCH}, not {limit}")
+        with self._lock:
+            waiting = {i.row.saga_id for i in self._outbox if i.published is None}
+            ended = sorted(
+                (
+                    r
+                    for r in self._sagas.values()
+                    if r.state.terminal
+                    and r.state.updated_at < ended_before
+                    and r.state.saga_id not in waiting
+                ),
+                key=lambda r: r.state.updated_at,
+            )[:limit]
+            gone = {r.state.saga_id for r in ended}
+            for row in ended:
+                del self._sagas[row.state.saga_id]
+                if row.key is not None:
+                    self._keys.pop(row.key, None)
+                self._log_ids.difference_update(g.id for g in self._logs.pop(row.state.saga_id, ()))
+            kept = [i for i in self._outbox if i.row.saga_id not in gone]
+            self._event_ids.difference_update(
+                i.row.event_id for i in self._outbox if i.row.saga_id in gone
+            )
+            self._outbox = kept
+        return len(gone)
 
 
 __all__ = ["MemoryStore"]
