@@ -7,6 +7,7 @@ load only the pure core.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -56,6 +57,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+def _log_format_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log lines: text (readable) or json (one object per line); default: "
+        "$SAGA_LOG_FORMAT, else text on a terminal and json otherwise",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saga", description="Saga orchestration server")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -97,17 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to listen on (REST and gRPC)")
     p.add_argument("--port", type=int, help="REST port (default 8080)")
     p.add_argument("--grpc-port", type=int, help="gRPC port (default 50051)")
+    _log_format_flag(p)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("demo", help="run demo participants and a server, and show two sagas")
+    _log_format_flag(p)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("worker", help="execute sagas only (no API) until SIGTERM")
     p.add_argument("--config", help="config file (default: $CONFIG_PATH or config/config.yaml)")
+    _log_format_flag(p)
     p.set_defaults(func=_cmd_worker)
 
     p = sub.add_parser("migrate", help="apply the store's schema migrations")
     p.add_argument("--config", help="config file (default: $CONFIG_PATH or config/config.yaml)")
+    _log_format_flag(p)
     p.set_defaults(func=_cmd_migrate)
 
     from saga_cli.client import register as register_client
@@ -119,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "log_format", None):
+        # Through the environment, so the processes this one starts log the same way.
+        os.environ["SAGA_LOG_FORMAT"] = args.log_format
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:

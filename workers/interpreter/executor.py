@@ -72,6 +72,17 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _about(state: SagaState, workflow: Workflow | None = None) -> dict[str, object]:
+    """The log extras of a line about a saga: its id and the name of the step it is at (None
+    past the last step, or when the workflow is not known)."""
+    index = state.in_flight.step_index if state.in_flight is not None else state.current_step
+    steps = workflow.steps if workflow is not None else ()
+    return {
+        "saga_id": state.saga_id,
+        "step": steps[index].name if 0 <= index < len(steps) else None,
+    }
+
+
 class WorkflowCatalog:
     """Workflow definitions by (name, version), read from the store once and kept (a stored
     version never changes)."""
@@ -329,7 +340,11 @@ class Executor:
         try:
             decision = decide(run.state, run.workflow, event)
         except Exception:
-            log.exception("saga %s: decision failed; giving the saga back", run.state.saga_id)
+            log.exception(
+                "saga %s: decision failed; giving the saga back",
+                run.state.saga_id,
+                extra=_about(run.state, run.workflow),
+            )
             self._forget(run, release=True)
             return
         run.state = decision.state
@@ -358,6 +373,15 @@ class Executor:
         if call.attempt == 1:
             run.call_started = time.monotonic()
         metrics.STEP_ATTEMPTS.labels(call.step_name, call.action.value).inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "saga %s: %s %s, attempt %d",
+                call.saga_id,
+                call.action.value.lower(),
+                call.step_name,
+                call.attempt,
+                extra={"saga_id": call.saga_id, "step": call.step_name},
+            )
         answers = itertools.count()
 
         def answered(result: CallResult) -> None:
@@ -365,7 +389,11 @@ class Executor:
             if next(answers) == 0:
                 self._on_result(run, call, result)
             else:
-                log.warning("saga %s: a second answer to one attempt, ignored", call.saga_id)
+                log.warning(
+                    "saga %s: a second answer to one attempt, ignored",
+                    call.saga_id,
+                    extra={"saga_id": call.saga_id, "step": call.step_name},
+                )
 
         self._caller.call_async(
             call.service, call.method, run.body(call), call.timeout_secs, call.metadata, answered
@@ -375,7 +403,11 @@ class Executor:
         try:
             self._advance(run, self._outcome(result))
         except Exception:
-            log.exception("saga %s: handling a participant reply failed", run.state.saga_id)
+            log.exception(
+                "saga %s: handling a participant reply failed",
+                run.state.saga_id,
+                extra=_about(run.state, run.workflow),
+            )
             self._forget(run, release=True)
 
     def _outcome(self, result: CallResult) -> Event:
@@ -396,7 +428,11 @@ class Executor:
         try:
             self._committed(item, result)
         except Exception:
-            log.exception("saga %s: after-commit step failed", item[0].state.saga_id)
+            log.exception(
+                "saga %s: after-commit step failed",
+                item[0].state.saga_id,
+                extra=_about(item[0].state, item[0].workflow),
+            )
             self._forget(item[0], release=True)
 
     def _committed(self, item: _Pending, result: CommitResult) -> None:
@@ -404,7 +440,9 @@ class Executor:
         if result.fenced:
             metrics.LEASES_LOST.inc()
             log.warning(
-                "saga %s: lease lost to another executor; dropping it here", run.state.saga_id
+                "saga %s: lease lost to another executor; dropping it here",
+                run.state.saga_id,
+                extra=_about(run.state, run.workflow),
             )
             self._forget(run, release=False)
             return
@@ -431,6 +469,13 @@ class Executor:
         current = phase(run.state)
         if current == ENDED:
             metrics.SAGAS_ENDED.labels(run.state.workflow_name, run.state.status.value).inc()
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "saga %s ended %s",
+                    run.state.saga_id,
+                    run.state.status.value,
+                    extra=_about(run.state, run.workflow),
+                )
             self._forget(run, release=False)
         elif current == IDLE:
             if self._draining:
@@ -452,10 +497,16 @@ class Executor:
                 run.state.saga_id,
                 run.refusals,
                 reason,
+                extra=_about(run.state, run.workflow),
             )
             self._forget(run, release=False)
             return
-        log.error("saga %s: the store refused its commit (%s)", run.state.saga_id, reason)
+        log.error(
+            "saga %s: the store refused its commit (%s)",
+            run.state.saga_id,
+            reason,
+            extra=_about(run.state, run.workflow),
+        )
         run.state = run.committed
         self._advance(run, CommitRefused(at=self._clock(), reason=reason, refusals=run.refusals))
 
@@ -506,7 +557,11 @@ class Executor:
         if saga_id in held:
             return True
         metrics.LEASES_LOST.inc()
-        log.warning("saga %s: lease lost before a retry; dropping it here", saga_id)
+        log.warning(
+            "saga %s: lease lost before a retry; dropping it here",
+            saga_id,
+            extra=_about(run.state, run.workflow),
+        )
         self._forget(run, release=False)
         return False
 
@@ -520,7 +575,11 @@ class Executor:
             try:
                 self._store.release(self.owner, {saga_id: run.token})
             except Exception:
-                log.warning("saga %s: could not release its lease; it expires by itself", saga_id)
+                log.warning(
+                    "saga %s: could not release its lease; it expires by itself",
+                    saga_id,
+                    extra=_about(run.state, run.workflow),
+                )
         if not self._draining:
             self._wake.set()
 
@@ -552,6 +611,7 @@ class Executor:
                     "saga %s: could not read its workflow (%s); giving it back",
                     saga_id,
                     type(exc).__name__,
+                    extra=_about(item.state),
                 )
                 unadopted[saga_id] = item.lease_token
                 continue
@@ -561,6 +621,7 @@ class Executor:
                     saga_id,
                     item.state.workflow_name,
                     item.state.workflow_version,
+                    extra=_about(item.state),
                 )
                 continue
             run = _Run(item, workflow)
