@@ -20,7 +20,7 @@ from saga.events import (
     Event,
     ScheduleRetry,
 )
-from saga.model import Compensation, SagaState, Workflow
+from saga.model import Compensation, Pause, SagaState, Workflow
 
 EFFECT_TYPES: tuple[type[Effect], ...] = (Commit, CallParticipant, ScheduleRetry)
 
@@ -69,6 +69,14 @@ def compensation_to_dict(value: Compensation | None) -> dict[str, Any] | None:
 
 def compensation_from_dict(data: dict[str, Any] | None) -> Compensation | None:
     return None if data is None else _CONVERTER.structure(data, Compensation)
+
+
+def pause_to_dict(value: Pause | None) -> dict[str, Any] | None:
+    return None if value is None else _CONVERTER.unstructure(value)
+
+
+def pause_from_dict(data: dict[str, Any] | None) -> Pause | None:
+    return None if data is None else _CONVERTER.structure(data, Pause)
 
 
 def state_to_dict(state: SagaState) -> dict[str, Any]:

@@ -28,7 +28,7 @@ so a saga whose last step was in flight when the cancel came is compensated, not
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from attrs import evolve, frozen
@@ -37,11 +37,13 @@ import saga.expressions as expressions
 from saga.errors import IllegalEvent
 from saga.events import (
     CallParticipant,
+    CancelRequested,
     Commit,
     CommitRefused,
     Effect,
     Event,
     Resume,
+    ResumeRequested,
     RetryDue,
     ScheduleRetry,
     StepFailed,
@@ -58,6 +60,8 @@ from saga.model import (
     Compensation,
     EventType,
     InFlight,
+    Pause,
+    ResumeAction,
     RetryPolicy,
     SagaEvent,
     SagaState,
@@ -75,6 +79,7 @@ from saga.model import (
 IDLE = "idle"
 CALLING = "calling"
 WAITING = "waiting"
+PAUSED = "paused"
 ENDED = "ended"
 
 
@@ -88,6 +93,8 @@ def phase(state: SagaState) -> str:
     """Which of the four phases the saga is in (see the module docstring)."""
     if state.terminal:
         return ENDED
+    if state.status is SagaStatus.PAUSED:
+        return PAUSED
     if state.in_flight is None:
         return IDLE
     return WAITING if state.in_flight.waiting_retry else CALLING
@@ -132,11 +139,24 @@ def decide(state: SagaState, workflow: Workflow, event: Event) -> Decision:
 def _on_resume(state: SagaState, wf: Workflow, event: Any) -> Decision:
     assert isinstance(event, Resume)
     at = event.at
+    if event.pause_requested:
+        # A pause answered 200 takes effect here, at the boundary (SPEC §11); a cancel asked
+        # for too stays stored and is seen when the saga resumes.
+        phase_name = "compensating" if state.status is SagaStatus.COMPENSATING else "forward"
+        in_doubt = (
+            event.lease_expired
+            and phase_name == "forward"
+            and (state.status is SagaStatus.RUNNING and state.current_step < len(wf.steps))
+        )
+        return _pause(state, at, Pause(phase_name, state.status, in_doubt=in_doubt), logs=())
     if state.status is SagaStatus.STARTED:
         # Nothing was called yet: the first call is made only after the RUNNING commit.
         if event.cancel_requested:
             ended = _stamp(state, at, status=SagaStatus.CANCELLED)
-            return Decision(ended, (Commit(ended, (), (_event(ended, EventType.SAGA_CANCELLED),)),))
+            commit = Commit(
+                ended, (), (_event(ended, EventType.SAGA_CANCELLED),), unless_pause_requested=True
+            )
+            return Decision(ended, (commit,))
         running = _stamp(state, at, status=SagaStatus.RUNNING)
         return _start_step(running, wf, at, events=(_event(running, EventType.SAGA_RUNNING),))
     if state.status is SagaStatus.RUNNING:
@@ -189,9 +209,14 @@ def _on_step_failed(state: SagaState, wf: Workflow, event: Any) -> Decision:
         and event.code not in policy.non_retryable_codes
         and flight.attempt < policy.max_attempts
     )
+    in_doubt = event.timed_out or event.code in OUTCOME_UNKNOWN_CODES
     if retryable:
         delay = retry_delay_ms(policy, flight.attempt - 1, event.jitter)
-        waiting = evolve(state, in_flight=evolve(flight, waiting_retry=True))
+        last = "timed out" if event.timed_out else f"{event.code}: {event.message}"
+        waiting = evolve(
+            state,
+            in_flight=evolve(flight, waiting_retry=True, in_doubt=in_doubt, last_error=last),
+        )
         retry = ScheduleRetry(
             saga_id=state.saga_id,
             step_index=flight.step_index,
@@ -208,25 +233,33 @@ def _on_step_failed(state: SagaState, wf: Workflow, event: Any) -> Decision:
     if flight.attempt > 1:
         error += f" (attempt {flight.attempt} of {policy.max_attempts})"
     log = _log(state, step.name, flight, status, event.at, None, error)
+    cleared = evolve(state, in_flight=None)
     if flight.action is Action.EXECUTE:
-        cleared = evolve(state, in_flight=None)
-        cause = f"step {step.name} failed: {error}"
         # A last attempt that timed out, or whose reply could not be used, may have taken
         # effect: the step is compensated with the others (SPEC §3).
-        in_doubt = event.timed_out or event.code in OUTCOME_UNKNOWN_CODES
-        return _start_compensation(
-            cleared, wf, event.at, cancelled=False, cause=cause, logs=(log,), in_doubt=in_doubt
-        )
-    popped = _pop_pending(state)
-    assert popped.compensation is not None
-    failures = (*popped.compensation.failures, f"{step.name} ({error})")
-    popped = evolve(popped, compensation=evolve(popped.compensation, failures=failures))
-    return _compensate_next(popped, wf, event.at, logs=(log,), events=())
+        return _forward_failed(cleared, wf, flight.step_index, event.at, error, (log,), in_doubt)
+    return _compensation_failed(cleared, wf, flight.step_index, event.at, error, (log,))
 
 
 def _on_retry_due(state: SagaState, wf: Workflow, event: Any) -> Decision:
     assert isinstance(event, RetryDue) and state.in_flight is not None
     flight = state.in_flight
+    if flight.action is Action.EXECUTE and _past_deadline(state, wf, event.at):
+        # No retry after the deadline (SPEC §11); the attempt that failed may have taken effect.
+        error = f"deadline exceeded (last attempt: {flight.last_error})"
+        cleared = evolve(state, in_flight=None)
+        log = _log(
+            state,
+            wf.steps[flight.step_index].name,
+            flight,
+            StepStatus.FAILED,
+            event.at,
+            None,
+            error,
+        )
+        return _forward_failed(
+            cleared, wf, flight.step_index, event.at, error, (log,), flight.in_doubt
+        )
     return _call(
         evolve(state, in_flight=None),
         wf,
@@ -273,10 +306,106 @@ def _on_commit_refused(state: SagaState, wf: Workflow, event: Any) -> Decision:
     return _compensate_next(evolve(state, compensation=comp), wf, at, logs=(log,), events=())
 
 
+def resolved_resume_action(state: SagaState, event: ResumeRequested) -> ResumeAction:
+    """The action a resume takes: the one asked for, else retry after a failure and continue
+    after a pause request (SPEC §11)."""
+    if event.action is not None:
+        return event.action
+    failed = state.pause is not None and state.pause.failed_step is not None
+    return ResumeAction.RETRY if failed else ResumeAction.CONTINUE
+
+
+def _on_resume_requested(state: SagaState, wf: Workflow, event: Any) -> Decision:
+    """An operator resumes the saga (SPEC §11): the committed state it goes on from. An action
+    that does not fit how the saga paused raises `IllegalEvent` (the API's 409)."""
+    assert isinstance(event, ResumeRequested) and state.pause is not None
+    pause = state.pause
+    failed = pause.failed_step is not None
+    action = resolved_resume_action(state, event)
+    who = f"saga {state.saga_id}"
+    if event.payload is not None and not pause.forward:
+        raise IllegalEvent(f"{who} paused while compensating: its payload can no longer change")
+    if action is ResumeAction.CONTINUE and failed:
+        raise IllegalEvent(
+            f"{who} paused because {pause.error}; resume it with retry, skip or "
+            + ("compensate" if pause.forward else "cancel nothing: retry or skip")
+        )
+    if action in (ResumeAction.RETRY, ResumeAction.SKIP) and not failed:
+        raise IllegalEvent(f"{who} paused on request and nothing failed: resume it with continue")
+    if action is ResumeAction.COMPENSATE and not pause.forward:
+        raise IllegalEvent(f"{who} is already compensating: resume it with retry or skip")
+    at = event.at
+    base = _stamp(
+        state,
+        at,
+        pause=None,
+        resumes=state.resumes + 1,
+        payload=state.payload if event.payload is None else event.payload,
+    )
+    logs: tuple[StepLog, ...] = ()
+    if pause.forward:
+        if action is ResumeAction.COMPENSATE:
+            cause = pause.error or "compensation asked for by an operator"
+            comp = Compensation(
+                cancelled=False, cause=cause, pending=_to_compensate(base, wf, pause.in_doubt)
+            )
+            resumed = evolve(
+                base, status=SagaStatus.COMPENSATING, compensation=comp, error_message=cause
+            )
+        elif action is ResumeAction.SKIP:
+            assert pause.failed_step is not None
+            index = pause.failed_step
+            logs = (_plain_log(base, wf, index, Action.EXECUTE, at, StepStatus.SKIPPED, None),)
+            resumed = evolve(
+                base, status=SagaStatus.RUNNING, current_step=index + 1, error_message=None
+            )
+        else:
+            resumed = evolve(base, status=pause.resume_status, error_message=None)
+    else:
+        held = state.compensation
+        assert held is not None
+        comp = held
+        if action is ResumeAction.SKIP:
+            assert pause.failed_step is not None and comp.pending[:1] == (pause.failed_step,)
+            index = pause.failed_step
+            logs = (_plain_log(base, wf, index, Action.COMPENSATE, at, StepStatus.SKIPPED, None),)
+            skipped = f"{wf.steps[index].name} (compensation skipped by an operator)"
+            comp = evolve(comp, pending=comp.pending[1:], failures=(*comp.failures, skipped))
+        resumed = evolve(
+            base, status=SagaStatus.COMPENSATING, compensation=comp, error_message=comp.cause
+        )
+    return Decision(resumed, (Commit(resumed, logs, (_event(resumed, EventType.SAGA_RESUMED),)),))
+
+
+def _on_cancel_requested(state: SagaState, wf: Workflow, event: Any) -> Decision:
+    """An operator cancels a saga PAUSED in its forward phase: it compensates what it did and
+    ends CANCELLED (SPEC §11). One paused while compensating cannot be cancelled."""
+    assert isinstance(event, CancelRequested) and state.pause is not None
+    pause = state.pause
+    if not pause.forward:
+        raise IllegalEvent(
+            f"saga {state.saga_id} paused while compensating and cannot be cancelled; resume it"
+        )
+    at = event.at
+    base = _stamp(state, at, pause=None, resumes=state.resumes + 1)
+    pending = _to_compensate(base, wf, pause.in_doubt)
+    if not pending:
+        ended = evolve(base, status=SagaStatus.CANCELLED, error_message=None)
+        return Decision(ended, (Commit(ended, (), (_event(ended, EventType.SAGA_CANCELLED),)),))
+    comp = Compensation(cancelled=True, cause=None, pending=pending)
+    compensating = evolve(
+        base, status=SagaStatus.COMPENSATING, compensation=comp, error_message=None
+    )
+    events = (_event(compensating, EventType.SAGA_COMPENSATING),)
+    return Decision(compensating, (Commit(compensating, (), events),))
+
+
 _Handler = Callable[[SagaState, Workflow, Any], Decision]
 _TRANSITIONS: dict[tuple[str, type], _Handler] = {
     (IDLE, Resume): _on_resume,
     (IDLE, CommitRefused): _on_commit_refused,
+    (PAUSED, ResumeRequested): _on_resume_requested,
+    (PAUSED, CancelRequested): _on_cancel_requested,
     (CALLING, StepSucceeded): _on_step_succeeded,
     (CALLING, StepFailed): _on_step_failed,
     (WAITING, RetryDue): _on_retry_due,
@@ -299,17 +428,96 @@ def _start_compensation(
     """Enter COMPENSATING with every completed step pending, newest first (a step its `when`
     skipped is not among them); with `in_doubt`, the step at `current_step` too (it may have
     taken effect)."""
-    pending = tuple(
-        i
-        for i in reversed(range(state.current_step + (1 if in_doubt else 0)))
-        if wf.steps[i].name in state.steps or i == state.current_step
+    comp = Compensation(
+        cancelled=cancelled, cause=cause, pending=_to_compensate(state, wf, in_doubt)
     )
-    comp = Compensation(cancelled=cancelled, cause=cause, pending=pending)
     compensating = _stamp(
         state, at, status=SagaStatus.COMPENSATING, compensation=comp, error_message=cause
     )
     events = (*events, _event(compensating, EventType.SAGA_COMPENSATING))
     return _compensate_next(compensating, wf, at, logs=logs, events=events)
+
+
+def _to_compensate(state: SagaState, wf: Workflow, in_doubt: bool) -> tuple[int, ...]:
+    """The steps to undo, newest first: those that succeeded (a step skipped by its `when` or
+    by an operator is not among them), and with `in_doubt` the one at `current_step`."""
+    last = min(state.current_step + (1 if in_doubt else 0), len(wf.steps))
+    return tuple(
+        i
+        for i in reversed(range(last))
+        if wf.steps[i].name in state.steps or (in_doubt and i == state.current_step)
+    )
+
+
+def _forward_failed(
+    state: SagaState,
+    wf: Workflow,
+    index: int,
+    at: datetime,
+    error: str,
+    logs: tuple[StepLog, ...],
+    in_doubt: bool,
+    events: tuple[SagaEvent, ...] = (),
+) -> Decision:
+    """A forward step failed for good: the saga pauses (`on_failure: pause`) or compensates."""
+    cause = f"step {wf.steps[index].name} failed: {error}"
+    if wf.pauses_on_failure(index):
+        pause = Pause(
+            "forward", SagaStatus.RUNNING, failed_step=index, error=cause, in_doubt=in_doubt
+        )
+        return _pause(state, at, pause, logs=logs, events=events)
+    return _start_compensation(
+        state, wf, at, cancelled=False, cause=cause, logs=logs, in_doubt=in_doubt, events=events
+    )
+
+
+def _compensation_failed(
+    state: SagaState, wf: Workflow, index: int, at: datetime, error: str, logs: tuple[StepLog, ...]
+) -> Decision:
+    """A compensation failed for good: the saga pauses before it (`on_compensation_failure:
+    pause`; a retry runs it again) or notes it and goes on with the earlier steps."""
+    comp = state.compensation
+    assert comp is not None and comp.pending[:1] == (index,)
+    name = wf.steps[index].name
+    if wf.pauses_on_compensation_failure(index):
+        pause = Pause(
+            "compensating",
+            SagaStatus.COMPENSATING,
+            failed_step=index,
+            error=f"compensation of {name} failed: {error}",
+        )
+        return _pause(state, at, pause, logs=logs)
+    comp = evolve(comp, pending=comp.pending[1:], failures=(*comp.failures, f"{name} ({error})"))
+    return _compensate_next(evolve(state, compensation=comp), wf, at, logs=logs, events=())
+
+
+def _pause(
+    state: SagaState,
+    at: datetime,
+    pause: Pause,
+    *,
+    logs: tuple[StepLog, ...],
+    events: tuple[SagaEvent, ...] = (),
+) -> Decision:
+    """Stop at this boundary and wait for an operator; the commit gives the lease back."""
+    paused = _stamp(
+        state,
+        at,
+        status=SagaStatus.PAUSED,
+        pause=pause,
+        in_flight=None,
+        error_message=pause.error if pause.error else state.error_message,
+    )
+    return Decision(
+        paused, (Commit(paused, logs, (*events, _event(paused, EventType.SAGA_PAUSED))),)
+    )
+
+
+def _past_deadline(state: SagaState, wf: Workflow, at: datetime) -> bool:
+    """Whether the workflow's `deadline_secs` after `created_at` has passed (SPEC §11)."""
+    return wf.deadline_secs is not None and at >= state.created_at + timedelta(
+        seconds=wf.deadline_secs
+    )
 
 
 def _compensate_next(
@@ -340,6 +548,11 @@ def _compensate_next(
                 more.append(
                     _plain_log(state, wf, index, Action.COMPENSATE, at, StepStatus.FAILED, error)
                 )
+                if wf.pauses_on_compensation_failure(index):
+                    held = evolve(
+                        state, compensation=evolve(comp, pending=pending, failures=failures)
+                    )
+                    return _compensation_failed(held, wf, index, at, error, (*logs, *more))
                 failures = (*failures, f"{step.name} ({error})")
         else:
             more.append(
@@ -386,6 +599,10 @@ def _start_step(
     its request cannot be made, else call it. `events` are committed first (or with the skip)."""
     index = state.current_step
     step = wf.steps[index]
+    if _past_deadline(state, wf, at):
+        error = "deadline exceeded"
+        log = _plain_log(state, wf, index, Action.EXECUTE, at, StepStatus.FAILED, error)
+        return _forward_failed(state, wf, index, at, error, (log,), False, events)
     if step.when is not None:
         try:
             runs = expressions.is_true(expressions.evaluate(step.when, expressions.context(state)))
@@ -414,10 +631,7 @@ def _bad_input(
     """The step's request could not be made: it fails at once, uncalled (SPEC §10)."""
     error = f"{INVALID_INPUT}: {reason}"
     log = _plain_log(state, wf, index, Action.EXECUTE, at, StepStatus.FAILED, error)
-    cause = f"step {wf.steps[index].name} failed: {error}"
-    return _start_compensation(
-        state, wf, at, cancelled=False, cause=cause, logs=(log,), events=events
-    )
+    return _forward_failed(state, wf, index, at, error, (log,), False, events)
 
 
 def _plain_log(
@@ -431,7 +645,7 @@ def _plain_log(
 ) -> StepLog:
     """The log of an execution that made no call (skipped, or its request could not be made)."""
     return StepLog(
-        id=step_log_id(state.saga_id, index, action),
+        id=step_log_id(state.saga_id, index, action, state.resumes),
         saga_id=state.saga_id,
         step_index=index,
         step_name=wf.steps[index].name,
@@ -458,14 +672,18 @@ def _finish_compensation(
     ended = _stamp(state, at, status=status, error_message="; ".join(parts) or None)
     kind = EventType.SAGA_FAILED if failed else EventType.SAGA_CANCELLED
     events = (*events, _event(ended, kind))
-    return Decision(ended, (Commit(ended, logs, events),))
+    return Decision(ended, (Commit(ended, logs, events, unless_pause_requested=True),))
 
 
 def _complete(state: SagaState, at: datetime, *, logs: tuple[StepLog, ...]) -> Decision:
     done = _stamp(state, at, status=SagaStatus.COMPLETED, error_message=None, in_flight=None)
     # Written only if no cancel came since the flag was last read (SPEC §8: a 200 is never lost).
     commit = Commit(
-        done, logs, (_event(done, EventType.SAGA_COMPLETED),), unless_cancel_requested=True
+        done,
+        logs,
+        (_event(done, EventType.SAGA_COMPLETED),),
+        unless_cancel_requested=True,
+        unless_pause_requested=True,
     )
     return Decision(done, (commit,))
 
@@ -473,7 +691,10 @@ def _complete(state: SagaState, at: datetime, *, logs: tuple[StepLog, ...]) -> D
 def _abandon(state: SagaState, at: datetime, reason: str) -> Decision:
     """End the saga FAILED at once, writing no step log (used when its data cannot be kept)."""
     failed = _stamp(state, at, status=SagaStatus.FAILED, error_message=reason, in_flight=None)
-    return Decision(failed, (Commit(failed, (), (_event(failed, EventType.SAGA_FAILED),)),))
+    commit = Commit(
+        failed, (), (_event(failed, EventType.SAGA_FAILED),), unless_pause_requested=True
+    )
+    return Decision(failed, (commit,))
 
 
 def _call(
@@ -537,7 +758,7 @@ def _log(
     error: str | None,
 ) -> StepLog:
     return StepLog(
-        id=step_log_id(state.saga_id, flight.step_index, flight.action),
+        id=step_log_id(state.saga_id, flight.step_index, flight.action, state.resumes),
         saga_id=state.saga_id,
         step_index=flight.step_index,
         step_name=step_name,
@@ -553,7 +774,7 @@ def _log(
 
 def _event(state: SagaState, kind: EventType) -> SagaEvent:
     return SagaEvent(
-        event_id=event_id(state.saga_id, kind),
+        event_id=event_id(state.saga_id, kind, state.resumes),
         event_type=kind,
         saga_id=state.saga_id,
         workflow_name=state.workflow_name,

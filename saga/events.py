@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from attrs import frozen
 
-from saga.model import Action, SagaEvent, SagaState, StepLog
+from saga.model import Action, ResumeAction, SagaEvent, SagaState, StepLog
 
 # ---------------------------------------------------------------- events (input)
 
@@ -22,7 +22,8 @@ class Resume:
     """The executor holds the saga at a step boundary and wants it to go on.
 
     Sent when an executor claims a saga (first run or recovery) and after every commit.
-    `cancel_requested` is the cancel flag as last read from the store. `lease_expired` is true
+    `cancel_requested` and `pause_requested` are the flags as last read from the store.
+    `lease_expired` is true
     when the executor that held the saga before never gave it back at a step boundary (it died,
     or its lease ran out mid-call): the call of the forward step at `current_step` may then
     have been made, and its outcome is unknown.
@@ -32,6 +33,7 @@ class Resume:
     at: datetime
     cancel_requested: bool = False
     lease_expired: bool = False
+    pause_requested: bool = False
 
 
 @frozen
@@ -84,8 +86,43 @@ class CommitRefused:
     refusals: int = 1
 
 
-Event = Resume | StepSucceeded | StepFailed | RetryDue | CommitRefused
-EVENT_TYPES: tuple[type[Event], ...] = (Resume, StepSucceeded, StepFailed, RetryDue, CommitRefused)
+@frozen
+class ResumeRequested:
+    """An operator resumes a PAUSED saga (SPEC §11): `action` (None: the default for how it
+    paused), and `payload` to replace the saga's (forward phase only), already checked."""
+
+    tag: ClassVar[str] = "resume_requested"
+    at: datetime
+    action: ResumeAction | None = None
+    payload: Mapping[str, Any] | None = None
+
+
+@frozen
+class CancelRequested:
+    """An operator cancels a saga PAUSED in its forward phase (SPEC §11)."""
+
+    tag: ClassVar[str] = "cancel_requested"
+    at: datetime
+
+
+Event = (
+    Resume
+    | StepSucceeded
+    | StepFailed
+    | RetryDue
+    | CommitRefused
+    | ResumeRequested
+    | CancelRequested
+)
+EVENT_TYPES: tuple[type[Event], ...] = (
+    Resume,
+    StepSucceeded,
+    StepFailed,
+    RetryDue,
+    CommitRefused,
+    ResumeRequested,
+    CancelRequested,
+)
 
 # ---------------------------------------------------------------- effects (output)
 
@@ -94,9 +131,10 @@ EVENT_TYPES: tuple[type[Event], ...] = (Resume, StepSucceeded, StepFailed, Retry
 class Commit:
     """Write the state, its step logs and its events in one transaction.
 
-    With `unless_cancel_requested`, the store writes nothing when the saga's cancel flag is set
-    at the moment of writing (the flag may have been set after it was last read): a saga about
-    to be COMPLETED goes on to compensate instead, so a cancel answered 200 is never lost.
+    With `unless_cancel_requested` (`unless_pause_requested`), the store writes nothing when
+    the saga's cancel (pause) flag is set at the moment of writing (it may have been set after
+    it was last read): a saga about to end goes on to compensate (or pauses) instead, so a
+    cancel or a pause answered 200 is never lost.
     """
 
     tag: ClassVar[str] = "commit"
@@ -104,6 +142,7 @@ class Commit:
     step_logs: tuple[StepLog, ...] = ()
     events: tuple[SagaEvent, ...] = ()
     unless_cancel_requested: bool = False
+    unless_pause_requested: bool = False
 
 
 @frozen

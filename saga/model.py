@@ -22,6 +22,7 @@ class SagaStatus(enum.StrEnum):
     COMPENSATING = "COMPENSATING"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    PAUSED = "PAUSED"
 
     @property
     def terminal(self) -> bool:
@@ -29,9 +30,15 @@ class SagaStatus(enum.StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({SagaStatus.COMPLETED, SagaStatus.FAILED, SagaStatus.CANCELLED})
+# The statuses an executor drives (and claims); a PAUSED saga waits for an operator (SPEC §11).
 ACTIVE_STATUSES = frozenset({SagaStatus.STARTED, SagaStatus.RUNNING, SagaStatus.COMPENSATING})
-# A cancel is taken only before compensation has begun (SPEC §4: else 409).
+# A cancel is taken only before compensation has begun (SPEC §4: else 409); a saga PAUSED in its
+# forward phase is cancelled by the operator path (`saga.decide`, `CancelRequested`).
 CANCELLABLE_STATUSES = frozenset({SagaStatus.STARTED, SagaStatus.RUNNING})
+# A pause request is taken while the saga runs (SPEC §11: else 409).
+PAUSABLE_STATUSES = ACTIVE_STATUSES
+# Nothing runs in these: a commit into one of them gives the lease back.
+UNLEASED_STATUSES = TERMINAL_STATUSES | {SagaStatus.PAUSED}
 
 
 class Action(enum.StrEnum):
@@ -57,6 +64,31 @@ class EventType(enum.StrEnum):
     SAGA_COMPENSATING = "SAGA_COMPENSATING"
     SAGA_FAILED = "SAGA_FAILED"
     SAGA_CANCELLED = "SAGA_CANCELLED"
+    SAGA_PAUSED = "SAGA_PAUSED"
+    SAGA_RESUMED = "SAGA_RESUMED"
+
+
+class OnFailure(enum.StrEnum):
+    """What a forward step that failed for good does (SPEC §11)."""
+
+    COMPENSATE = "compensate"
+    PAUSE = "pause"
+
+
+class OnCompensationFailure(enum.StrEnum):
+    """What a compensation that failed for good does (SPEC §11)."""
+
+    CONTINUE = "continue"
+    PAUSE = "pause"
+
+
+class ResumeAction(enum.StrEnum):
+    """How an operator resumes a PAUSED saga (SPEC §11)."""
+
+    CONTINUE = "continue"
+    RETRY = "retry"
+    SKIP = "skip"
+    COMPENSATE = "compensate"
 
 
 # The gRPC status code names a retry policy may list.
@@ -130,6 +162,9 @@ class Step:
     input: str | None = None
     when: str | None = None
     compensate_input: str | None = None
+    # SPEC §11; None: the workflow's.
+    on_failure: OnFailure | None = None
+    on_compensation_failure: OnCompensationFailure | None = None
 
 
 @frozen
@@ -137,10 +172,20 @@ class Workflow:
     name: str
     steps: tuple[Step, ...]
     version: int = 1
+    on_failure: OnFailure = OnFailure.COMPENSATE
+    on_compensation_failure: OnCompensationFailure = OnCompensationFailure.CONTINUE
+    deadline_secs: float | None = None
 
     @property
     def step_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.steps)
+
+    def pauses_on_failure(self, index: int) -> bool:
+        return (self.steps[index].on_failure or self.on_failure) is OnFailure.PAUSE
+
+    def pauses_on_compensation_failure(self, index: int) -> bool:
+        chosen = self.steps[index].on_compensation_failure or self.on_compensation_failure
+        return chosen is OnCompensationFailure.PAUSE
 
 
 @frozen
@@ -155,6 +200,10 @@ class InFlight:
     started_at: datetime
     waiting_retry: bool = False
     request: Mapping[str, Any] | None = None
+    # While waiting for a retry: whether the failed attempt may have taken effect (a deadline
+    # that stops the retry leaves the step in doubt then), and what it failed with.
+    in_doubt: bool = False
+    last_error: str | None = None
 
 
 @frozen
@@ -176,6 +225,23 @@ class Compensation:
 
 
 @frozen
+class Pause:
+    """Why and where a PAUSED saga stopped (SPEC §11). `phase` is `forward` or `compensating`;
+    `failed_step` is the step (or compensation) that failed for good, None after a pause
+    request; `resume_status` is the status a resume goes back to."""
+
+    phase: str
+    resume_status: SagaStatus
+    failed_step: int | None = None
+    error: str | None = None
+    in_doubt: bool = False
+
+    @property
+    def forward(self) -> bool:
+        return self.phase == "forward"
+
+
+@frozen
 class SagaState:
     saga_id: str
     workflow_name: str
@@ -191,8 +257,13 @@ class SagaState:
     compensation: Compensation | None = None
     in_flight: InFlight | None = None
     # The steps that succeeded so far, by name: the context of step expressions. Not a stored
-    # column: the stores rebuild it from the step logs (`steps_from_logs`) when a saga is claimed.
-    steps: Mapping[str, StepResult] = field(factory=dict)
+    # column: the stores rebuild it from the step logs (`steps_from_logs`) when a saga is claimed,
+    # so it takes no part in comparing two states (equal columns are the same saga state).
+    steps: Mapping[str, StepResult] = field(factory=dict, eq=False)
+    pause: Pause | None = None
+    # How many times an operator resumed the saga: each resume starts a new generation of step
+    # log and event ids, so a retried step gets a log of its own.
+    resumes: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -212,6 +283,17 @@ class StepLog:
     error_message: str | None
     started_at: datetime
     completed_at: datetime | None
+
+
+@frozen
+class OperatorAction:
+    """One pause, resume or cancel an operator asked for (SPEC §11 audit)."""
+
+    action: str  # "pause" | "resume" | "cancel"
+    by: str | None
+    at: datetime
+    resume_action: ResumeAction | None = None
+    payload_replaced: bool = False
 
 
 @frozen
@@ -266,14 +348,17 @@ def _derived_id(saga_id: str, name: str) -> str:
     return str(uuid.uuid5(uuid.UUID(saga_id), name))
 
 
-def step_log_id(saga_id: str, step_index: int, action: Action) -> str:
-    """Each (step, action) is logged at most once per saga, so this id is unique."""
-    return _derived_id(saga_id, f"log:{step_index}:{action.value}")
+def step_log_id(saga_id: str, step_index: int, action: Action, generation: int = 0) -> str:
+    """Each (step, action) is logged at most once per generation (see `SagaState.resumes`), so
+    this id is unique; generation 0 keeps the ids sagas had before operators could resume."""
+    suffix = f":{generation}" if generation else ""
+    return _derived_id(saga_id, f"log:{step_index}:{action.value}{suffix}")
 
 
-def event_id(saga_id: str, event_type: EventType) -> str:
-    """Each event type is published at most once per saga, so this id is unique."""
-    return _derived_id(saga_id, f"event:{event_type.value}")
+def event_id(saga_id: str, event_type: EventType, generation: int = 0) -> str:
+    """Each event type is published at most once per saga and generation, so this id is unique."""
+    suffix = f":{generation}" if generation else ""
+    return _derived_id(saga_id, f"event:{event_type.value}{suffix}")
 
 
 def steps_from_logs(logs: Iterable[StepLog]) -> dict[str, StepResult]:

@@ -27,13 +27,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 import saga.expressions as expressions
 from saga.errors import ValidationError
-from saga.model import GRPC_CODE_NAMES, Backoff, RetryPolicy, Step, Workflow
+from saga.model import (
+    GRPC_CODE_NAMES,
+    Backoff,
+    OnCompensationFailure,
+    OnFailure,
+    RetryPolicy,
+    Step,
+    Workflow,
+)
 from saga.values import text_problem
 
 MAX_DOCUMENT_BYTES = 64 * 1024
@@ -56,7 +64,10 @@ _ALLOWED_TAGS = frozenset(
     for name in ("str", "int", "float", "bool", "null", "seq", "map", "merge", "timestamp")
 )
 
-_WORKFLOW_KEYS = frozenset({"name", "steps"})
+_WORKFLOW_KEYS = frozenset(
+    {"name", "steps", "on_failure", "on_compensation_failure", "deadline_secs"}
+)
+MAX_DEADLINE_SECS = 366 * 24 * 3600
 _STEP_KEYS = frozenset(
     {
         "name",
@@ -68,6 +79,8 @@ _STEP_KEYS = frozenset(
         "input",
         "when",
         "compensate_input",
+        "on_failure",
+        "on_compensation_failure",
     }
 )
 _EXPRESSION_KEYS = ("input", "when", "compensate_input")
@@ -281,7 +294,35 @@ def _workflow(data: Any, *, max_steps: int, known_services: Collection[str] | No
                 f"steps[{i}].name: duplicate step name '{step.name}' (also steps[{seen[step.name]}])"
             )
         seen[step.name] = i
-    return Workflow(name=name, steps=steps)
+    deadline = data.get("deadline_secs")
+    if deadline is not None:
+        if not _is_number(deadline):
+            raise ValidationError("deadline_secs: must be a number")
+        if deadline <= 0 or deadline > MAX_DEADLINE_SECS:
+            raise ValidationError(f"deadline_secs: must be > 0 and <= {MAX_DEADLINE_SECS}")
+    return Workflow(
+        name=name,
+        steps=steps,
+        on_failure=_choice(data, "on_failure", "on_failure", OnFailure) or OnFailure.COMPENSATE,
+        on_compensation_failure=_choice(
+            data, "on_compensation_failure", "on_compensation_failure", OnCompensationFailure
+        )
+        or OnCompensationFailure.CONTINUE,
+        deadline_secs=deadline,
+    )
+
+
+_Choice = TypeVar("_Choice", OnFailure, OnCompensationFailure)
+
+
+def _choice(raw: Mapping[str, Any], key: str, field: str, kind: type[_Choice]) -> _Choice | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    allowed = [c.value for c in kind]
+    if not isinstance(value, str) or value not in allowed:
+        raise ValidationError(f"{field}: must be one of {', '.join(allowed)}")
+    return kind(value)
 
 
 def _step(raw: Any, path: str, known_services: Collection[str] | None) -> Step:
@@ -317,7 +358,13 @@ def _step(raw: Any, path: str, known_services: Collection[str] | None) -> Step:
         compensate=compensate,
         timeout_secs=timeout,
         retry=retry,
-        **expressions,
+        input=expressions["input"],
+        when=expressions["when"],
+        compensate_input=expressions["compensate_input"],
+        on_failure=_choice(raw, "on_failure", f"{path}.on_failure", OnFailure),
+        on_compensation_failure=_choice(
+            raw, "on_compensation_failure", f"{path}.on_compensation_failure", OnCompensationFailure
+        ),
     )
 
 

@@ -187,6 +187,7 @@ def test_migrations_are_recorded_and_idempotent(url: str, schema: str) -> None:
         "workflow_definitions",
         "outbox",
         "saga_counts",
+        "operator_actions",
         "schema_migrations",
     }
 
@@ -219,8 +220,10 @@ def test_check_constraints_reject_bad_values(store: PostgresStore, url: str, sch
         sql(url, f"INSERT INTO {schema}.saga_states (workflow_name, status) VALUES ('w', 'DONE')")
     with pytest.raises(psycopg.errors.CheckViolation):
         sql(
-            url, f"UPDATE {schema}.saga_states SET status = 'PAUSED' WHERE id = %s", (saga.saga_id,)
+            url, f"UPDATE {schema}.saga_states SET status = 'HALTED' WHERE id = %s", (saga.saga_id,)
         )
+    # PAUSED is one of the seven (SPEC §1, migration 0005).
+    sql(url, f"INSERT INTO {schema}.saga_states (workflow_name, status) VALUES ('w', 'PAUSED')")
     for action, status in (("RETRY", "SUCCESS"), ("EXECUTE", "OK")):
         with pytest.raises(psycopg.errors.CheckViolation):
             sql(

@@ -634,7 +634,7 @@ def test_list_pagination_over_a_thousand_rows(store: Store, wf: Workflow, clock:
 
 
 def _drive_to_every_status(store: Store, wf: Workflow, clock: Clock) -> dict[SagaStatus, str]:
-    """One saga in each of the six statuses (created oldest to newest in this order)."""
+    """One saga in each of the seven statuses (created oldest to newest in this order)."""
     ids: dict[SagaStatus, str] = {}
     for status in SagaStatus:
         ids[status] = make_saga(store, wf, clock()).saga_id
@@ -646,6 +646,10 @@ def _drive_to_every_status(store: Store, wf: Workflow, clock: Clock) -> dict[Sag
             continue
         if status is SagaStatus.CANCELLED:
             run.resume(cancel=True)
+        elif status is SagaStatus.PAUSED:  # paused on request at the boundary after step 0
+            run.resume()
+            run.succeed(ok=1)
+            run.feed(Resume(clock(), pause_requested=True))
         else:
             run.resume()
             if status is not SagaStatus.RUNNING:

@@ -73,3 +73,15 @@ RETENTION_BATCH = Histogram(
     "Duration of one retention batch (one transaction of at most 1,000 sagas)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+PAUSED = Gauge(
+    "saga_paused",
+    "Sagas PAUSED now, waiting for an operator (read from the store at each scrape)",
+    ["workflow"],
+    multiprocess_mode="max" if _MULTIPROC else "all",
+)
+PAUSES = Counter(
+    "saga_pauses_total",
+    "Sagas that paused: on a step failure, a compensation failure, or a pause request",
+    ["reason"],
+)
+RESUMES = Counter("saga_resumes_total", "PAUSED sagas resumed, by resume action", ["action"])

@@ -448,11 +448,19 @@ class Executor:
             return
         run.refusals = 0
         run.cancel = result.cancel_requested
-        if result.cancel_first:
-            # A cancel came after the flag was last read: nothing was written; go on from the
-            # committed state with the cancel seen (the saga compensates instead of completing).
+        if result.cancel_first or result.pause_first:
+            # A cancel or a pause came after the flags were last read: nothing was written; go
+            # on from the committed state with them seen (the saga compensates or pauses
+            # instead of ending), so a request answered 200 is never lost.
             run.state = run.committed
-            self._advance(run, Resume(at=self._clock(), cancel_requested=True))
+            self._advance(
+                run,
+                Resume(
+                    at=self._clock(),
+                    cancel_requested=result.cancel_requested,
+                    pause_requested=result.pause_requested,
+                ),
+            )
             return
         run.committed = commit.state
         for step_log in commit.step_logs:
@@ -634,6 +642,7 @@ class Executor:
                     at=self._clock(),
                     cancel_requested=item.cancel_requested,
                     lease_expired=item.lease_expired,
+                    pause_requested=item.pause_requested,
                 ),
             )
         if unadopted:

@@ -17,8 +17,10 @@ from typing import Any
 from attrs import evolve
 
 from saga.codec import format_timestamp, workflow_to_dict
-from saga.errors import Conflict, NotFound, ValidationError
-from saga.model import SagaState, SagaStatus, StepLog, Workflow, new_saga
+from saga.decide import decide, resolved_resume_action
+from saga.errors import Conflict, IllegalEvent, NotFound, ValidationError
+from saga.events import CancelRequested, Commit, ResumeRequested
+from saga.model import OperatorAction, SagaState, SagaStatus, StepLog, Workflow, new_saga
 from saga.workflow import parse_workflow
 from workers.adapters import metrics
 from workers.adapters.participant import ParticipantCaller
@@ -183,6 +185,19 @@ class Engine:
     def list_workflows(self) -> list[Workflow]:
         return self.store.list_workflows()
 
+    def get_workflow(self, name: Any, version: Any = None) -> Workflow:
+        """One version of a workflow (None: the latest); NotFound for an unknown name or
+        version."""
+        limits = self.config.limits
+        chosen = inputs.required_string(name, "name", limits.string_length)
+        number = inputs.positive_int(version, "version", default=0, maximum=2**31 - 1)
+        workflow = self.store.get_workflow(chosen, number or None)
+        if workflow is None:
+            if number:
+                raise NotFound(f"workflow not found: {chosen} version {number}")
+            raise NotFound(f"workflow not found: {chosen}")
+        return workflow
+
     # ---------------------------------------------------------------- sagas
 
     def start_saga(
@@ -243,6 +258,17 @@ class Engine:
             raise NotFound(f"saga not found: {sid}")
         return state, self.store.get_step_logs(sid)
 
+    def get_saga_detail(
+        self, saga_id: Any
+    ) -> tuple[SagaState, list[StepLog], list[OperatorAction]]:
+        """The saga, its step logs and its operator actions (oldest first)."""
+        state, logs = self.get_saga(saga_id)
+        return state, logs, self.store.operator_actions(state.saga_id)
+
+    def operator_actions(self, saga_id: Any) -> list[OperatorAction]:
+        """A saga's pauses, resumes and cancels, oldest first (SPEC §11 audit)."""
+        return self.store.operator_actions(inputs.saga_id(saga_id))
+
     def list_sagas(
         self,
         *,
@@ -287,20 +313,97 @@ class Engine:
             "outbox": {"backlog": backlog, "oldest_age_secs": oldest},
         }
 
-    def cancel_saga(self, saga_id: Any) -> SagaState:
-        """Ask a STARTED or RUNNING saga to stop; the executor compensates at the next boundary."""
+    def cancel_saga(self, saga_id: Any, by: str | None = None) -> SagaState:
+        """Ask a STARTED or RUNNING saga to stop (the executor compensates at the next boundary),
+        or cancel one PAUSED in its forward phase (it compensates now); recorded for the audit."""
         sid = inputs.saga_id(saga_id)
-        outcome = self.store.request_cancel(sid)
+        now = utc_now()
+        outcome = self.store.request_cancel(sid, by=by, at=now)
+        if outcome is None:
+            raise NotFound(f"saga not found: {sid}")
+        if outcome.accepted:
+            self._wake()
+            return outcome.state
+        if outcome.state.status is SagaStatus.PAUSED:
+            return self._operator_decision(
+                sid, CancelRequested(at=now), OperatorAction("cancel", by, now)
+            )
+        raise Conflict(
+            f"saga {sid} is {outcome.state.status.value}; only STARTED, RUNNING or PAUSED "
+            "(before compensating) sagas can be cancelled"
+        )
+
+    def pause_saga(self, saga_id: Any, by: str | None = None) -> SagaState:
+        """Ask a STARTED, RUNNING or COMPENSATING saga to pause at its next step boundary
+        (SPEC §11); an in-flight call finishes and is committed first."""
+        sid = inputs.saga_id(saga_id)
+        outcome = self.store.request_pause(sid, by=by, at=utc_now())
         if outcome is None:
             raise NotFound(f"saga not found: {sid}")
         if not outcome.accepted:
             raise Conflict(
-                f"saga {sid} is {outcome.state.status.value}; "
-                "only STARTED or RUNNING sagas can be cancelled"
+                f"saga {sid} is {outcome.state.status.value}; only STARTED, RUNNING or "
+                "COMPENSATING sagas can be paused"
             )
+        self._wake()
+        return outcome.state
+
+    def resume_saga(
+        self, saga_id: Any, action: Any = None, payload: Any = None, by: str | None = None
+    ) -> SagaState:
+        """Resume a PAUSED saga (SPEC §11) with `action` (None: retry after a failure, continue
+        after a pause request) and, in the forward phase, a replacement `payload`."""
+        sid = inputs.saga_id(saga_id)
+        chosen = inputs.resume_action(action)
+        replacement = None
+        if payload is not None:
+            limits = self.config.limits
+            replacement = inputs.payload(
+                payload, max_bytes=limits.payload_bytes, max_depth=limits.json_depth
+            )
+        now = utc_now()
+        state = self._operator_decision(
+            sid,
+            ResumeRequested(at=now, action=chosen, payload=replacement),
+            OperatorAction("resume", by, now, payload_replaced=replacement is not None),
+        )
+        return state
+
+    def _operator_decision(
+        self, sid: str, event: ResumeRequested | CancelRequested, action: OperatorAction
+    ) -> SagaState:
+        """Decide an operator's request on a PAUSED saga with the core and write it, only if
+        the saga did not change meanwhile."""
+        state = self.store.get_saga(sid, with_steps=True)
+        if state is None:
+            raise NotFound(f"saga not found: {sid}")
+        if state.status is not SagaStatus.PAUSED or state.pause is None:
+            raise Conflict(f"saga {sid} is {state.status.value}; only PAUSED sagas can be resumed")
+        workflow = self.catalog.get(state.workflow_name, state.workflow_version)
+        if workflow is None:
+            raise Conflict(f"saga {sid}: its workflow {state.workflow_name} is gone")
+        try:
+            decision = decide(state, workflow, event)
+        except IllegalEvent as exc:
+            raise Conflict(str(exc)) from None
+        if isinstance(event, ResumeRequested):
+            action = evolve(action, resume_action=resolved_resume_action(state, event))
+        [commit] = decision.effects
+        assert isinstance(commit, Commit)
+        if not self.store.commit_operator(commit, state.resumes, action):
+            raise Conflict(f"saga {sid} changed while this request was decided; look and retry")
+        if isinstance(event, ResumeRequested) and action.resume_action is not None:
+            metrics.RESUMES.labels(action.resume_action.value).inc()
+        self._wake()
+        return decision.state
+
+    def paused_by_workflow(self) -> dict[str, int]:
+        """How many sagas are PAUSED now, per workflow (the `saga_paused` gauge)."""
+        return self.store.paused_by_workflow()
+
+    def _wake(self) -> None:
         if self.executor is not None:
             self.executor.wake()
-        return outcome.state
 
 
 def _same_definition(a: Workflow, b: Workflow) -> bool:

@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from saga.errors import ValidationError
-from saga.model import SagaStatus
+from saga.model import ResumeAction, SagaStatus
 from saga.values import check_json, check_text
 
 
@@ -98,3 +98,13 @@ def idempotency_key(value: Any) -> str | None:
     ):
         raise ValidationError("Idempotency-Key: must be 1..255 printable characters")
     return value
+
+
+def resume_action(value: Any) -> ResumeAction | None:
+    """The `action` of a resume (SPEC §11), or None for the default."""
+    if value is None or value == "":
+        return None
+    allowed = [a.value for a in ResumeAction]
+    if not isinstance(value, str) or value not in allowed:
+        raise ValidationError(f"action: must be one of {', '.join(allowed)}")
+    return ResumeAction(value)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from attrs import frozen
 
 from saga.events import Commit
-from saga.model import SagaState, SagaStatus, StepLog, Workflow
+from saga.model import OperatorAction, SagaState, SagaStatus, StepLog, Workflow
 
 
 @frozen
@@ -68,12 +68,14 @@ class Claimed:
     cancel_requested: bool
     taken_over: bool
     lease_expired: bool = False
+    pause_requested: bool = False
 
 
 @frozen
-class CancelOutcome:
-    """`accepted`: the cancel flag is set and the saga was STARTED or RUNNING when it was set
-    (so it will end CANCELLED, or FAILED if a compensation fails); else `state` says why not."""
+class RequestOutcome:
+    """The answer to a cancel or pause request: `accepted` when the flag is set and the saga was
+    in a status that takes it when it was set (so the saga will act on it); else `state` says
+    why not."""
 
     state: SagaState
     accepted: bool
@@ -91,13 +93,17 @@ class CommitRequest:
 class CommitResult:
     """`fenced` is true when the lease was lost and nothing was written.
     `cancel_requested` is the saga's cancel flag as stored after the write.
-    `cancel_first` is true when a commit made `unless_cancel_requested` found the flag set and
-    wrote nothing (the lease is still held)."""
+    `cancel_first` (`pause_first`) is true when a commit made `unless_cancel_requested`
+    (`unless_pause_requested`) found that flag set and wrote nothing (the lease is still held).
+    A commit into a status of `UNLEASED_STATUSES` gives the lease back; one into PAUSED also
+    clears the pause flag (the pause took effect)."""
 
     saga_id: str
     fenced: bool
     cancel_requested: bool
     cancel_first: bool = False
+    pause_requested: bool = False
+    pause_first: bool = False
 
 
 @frozen
@@ -151,8 +157,9 @@ class Store(abc.ABC):
         nothing and return the existing saga. Returns (saga, stored request hash, created)."""
 
     @abc.abstractmethod
-    def get_saga(self, saga_id: str) -> SagaState | None:
-        """The saga as last committed, or None."""
+    def get_saga(self, saga_id: str, *, with_steps: bool = False) -> SagaState | None:
+        """The saga as last committed, or None; with `with_steps`, `steps` rebuilt from its logs
+        (what an operator action decides on)."""
 
     @abc.abstractmethod
     def get_step_logs(self, saga_id: str) -> list[StepLog]:
@@ -169,9 +176,32 @@ class Store(abc.ABC):
         Reads indexes only: cheap at a million sagas."""
 
     @abc.abstractmethod
-    def request_cancel(self, saga_id: str) -> CancelOutcome | None:
+    def request_cancel(
+        self, saga_id: str, *, by: str | None = None, at: datetime | None = None
+    ) -> RequestOutcome | None:
         """Set the cancel flag of a saga in `CANCELLABLE_STATUSES`, deciding on the row as it
-        is when the flag is written (not on an older snapshot). None for an unknown saga."""
+        is when the flag is written (not on an older snapshot), and, when accepted with `at`,
+        record the operator action. None for an unknown saga."""
+
+    @abc.abstractmethod
+    def request_pause(self, saga_id: str, *, by: str | None, at: datetime) -> RequestOutcome | None:
+        """The same for the pause flag, on a saga in `PAUSABLE_STATUSES` (SPEC §11)."""
+
+    @abc.abstractmethod
+    def commit_operator(
+        self, commit: Commit, expected_resumes: int, action: OperatorAction
+    ) -> bool:
+        """Write an operator's decision on a PAUSED saga (its state, payload included, logs and
+        events) with the action's audit row, in one transaction, only if the saga is still
+        PAUSED with `expected_resumes` (else nothing is written and False is returned)."""
+
+    @abc.abstractmethod
+    def operator_actions(self, saga_id: str) -> list[OperatorAction]:
+        """The saga's operator actions, oldest first."""
+
+    @abc.abstractmethod
+    def paused_by_workflow(self) -> dict[str, int]:
+        """How many sagas are PAUSED, per workflow name (workflows with none are absent)."""
 
     @abc.abstractmethod
     def is_cancel_requested(self, saga_id: str) -> bool:

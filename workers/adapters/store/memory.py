@@ -13,9 +13,13 @@ from datetime import UTC, datetime
 
 from attrs import evolve
 
+from saga.events import Commit
 from saga.model import (
     ACTIVE_STATUSES,
     CANCELLABLE_STATUSES,
+    PAUSABLE_STATUSES,
+    UNLEASED_STATUSES,
+    OperatorAction,
     SagaState,
     SagaStatus,
     StepLog,
@@ -23,12 +27,12 @@ from saga.model import (
 )
 from workers.adapters.store.base import (
     MAX_RETENTION_BATCH,
-    CancelOutcome,
     Claimed,
     CommitRequest,
     CommitResult,
     DeleteEnded,
     OutboxRow,
+    RequestOutcome,
     SagaFilter,
     SagaPage,
     SagaStats,
@@ -42,13 +46,26 @@ def _minute(at: datetime) -> datetime:
 
 
 class _Row:
-    __slots__ = ("state", "cancel", "owner", "token", "expires", "key", "hash", "order")
+    __slots__ = (
+        "state",
+        "cancel",
+        "pause",
+        "owner",
+        "token",
+        "expires",
+        "key",
+        "hash",
+        "order",
+        "actions",
+    )
 
     def __init__(
         self, state: SagaState, key: str | None, request_hash: str | None, order: int
     ) -> None:
         self.state = state
         self.cancel = False
+        self.pause = False
+        self.actions: list[OperatorAction] = []
         self.owner: str | None = None
         self.token = 0
         self.expires = 0.0
@@ -125,10 +142,10 @@ class MemoryStore(Store):
             self._logs[state.saga_id] = []
             return state, request_hash, True
 
-    def get_saga(self, saga_id: str) -> SagaState | None:
+    def get_saga(self, saga_id: str, *, with_steps: bool = False) -> SagaState | None:
         with self._lock:
             row = self._sagas.get(saga_id)
-            return row.state if row else None
+            return row.state if row else None  # a committed state keeps its `steps` here
 
     def get_step_logs(self, saga_id: str) -> list[StepLog]:
         with self._lock:
@@ -166,7 +183,9 @@ class MemoryStore(Store):
                     ended[_minute(state.updated_at)] += 1
         return SagaStats(counts, dict(started), dict(ended))
 
-    def request_cancel(self, saga_id: str) -> CancelOutcome | None:
+    def request_cancel(
+        self, saga_id: str, *, by: str | None = None, at: datetime | None = None
+    ) -> RequestOutcome | None:
         with self._lock:
             row = self._sagas.get(saga_id)
             if row is None:
@@ -174,7 +193,52 @@ class MemoryStore(Store):
             accepted = row.state.status in CANCELLABLE_STATUSES
             if accepted:
                 row.cancel = True
-            return CancelOutcome(row.state, accepted)
+                if at is not None:
+                    row.actions.append(OperatorAction("cancel", by, at))
+            return RequestOutcome(row.state, accepted)
+
+    def request_pause(self, saga_id: str, *, by: str | None, at: datetime) -> RequestOutcome | None:
+        with self._lock:
+            row = self._sagas.get(saga_id)
+            if row is None:
+                return None
+            accepted = row.state.status in PAUSABLE_STATUSES
+            if accepted:
+                row.pause = True
+                row.actions.append(OperatorAction("pause", by, at))
+            return RequestOutcome(row.state, accepted)
+
+    def commit_operator(
+        self, commit: Commit, expected_resumes: int, action: OperatorAction
+    ) -> bool:
+        state = commit.state
+        with self._lock:
+            row = self._sagas.get(state.saga_id)
+            if (
+                row is None
+                or row.state.status is not SagaStatus.PAUSED
+                or row.state.resumes != expected_resumes
+            ):
+                return False
+            row.state = state
+            row.owner, row.expires = None, 0.0
+            row.actions.append(action)
+            self._keep_logs_and_events(commit)
+            return True
+
+    def paused_by_workflow(self) -> dict[str, int]:
+        with self._lock:
+            found = Counter(
+                r.state.workflow_name
+                for r in self._sagas.values()
+                if r.state.status is SagaStatus.PAUSED
+            )
+        return dict(found)
+
+    def operator_actions(self, saga_id: str) -> list[OperatorAction]:
+        with self._lock:
+            row = self._sagas.get(saga_id)
+            return list(row.actions) if row else []
 
     def is_cancel_requested(self, saga_id: str) -> bool:
         with self._lock:
@@ -199,7 +263,9 @@ class MemoryStore(Store):
                 taken_over = row.owner is not None and row.owner != owner
                 expired = row.owner is not None
                 row.owner, row.token, row.expires = owner, row.token + 1, now + lease_secs
-                out.append(Claimed(row.state, row.token, row.cancel, taken_over, expired))
+                out.append(
+                    Claimed(row.state, row.token, row.cancel, taken_over, expired, row.pause)
+                )
         return out
 
     def renew(self, owner: str, leases: dict[str, int], lease_secs: float) -> set[str]:
@@ -238,38 +304,51 @@ class MemoryStore(Store):
                     results.append(CommitResult(state.saga_id, True, bool(row and row.cancel)))
                     continue
                 if request.commit.unless_cancel_requested and row.cancel:
-                    results.append(CommitResult(state.saga_id, False, True, cancel_first=True))
+                    results.append(CommitResult(state.saga_id, False, True, True, row.pause, False))
+                    continue
+                if request.commit.unless_pause_requested and row.pause:
+                    results.append(
+                        CommitResult(state.saga_id, False, row.cancel, False, True, True)
+                    )
                     continue
                 row.state = state
-                if state.terminal:
+                if state.status in UNLEASED_STATUSES:
                     row.owner, row.expires = None, 0.0
                 else:
                     row.expires = now + lease_secs
-                for step_log in request.commit.step_logs:
-                    if step_log.id not in self._log_ids:
-                        self._log_ids.add(step_log.id)
-                        self._logs[state.saga_id].append(step_log)
-                if self._outbox_on:
-                    for event in request.commit.events:
-                        if event.event_id in self._event_ids:
-                            continue
-                        self._event_ids.add(event.event_id)
-                        self._seq += 1
-                        body = event_body(event)
-                        self._outbox.append(
-                            _Outbox(
-                                OutboxRow(
-                                    self._seq,
-                                    event.event_id,
-                                    event.saga_id,
-                                    event.event_type.value,
-                                    body,
-                                ),
-                                time.time(),
-                            )
-                        )
-                results.append(CommitResult(state.saga_id, False, row.cancel))
+                if state.status is SagaStatus.PAUSED:
+                    row.pause = False
+                self._keep_logs_and_events(request.commit)
+                results.append(
+                    CommitResult(state.saga_id, False, row.cancel, pause_requested=row.pause)
+                )
         return results
+
+    def _keep_logs_and_events(self, commit: Commit) -> None:
+        """Append a commit's step logs and (outbox on) events, skipping ids already kept."""
+        state = commit.state
+        for step_log in commit.step_logs:
+            if step_log.id not in self._log_ids:
+                self._log_ids.add(step_log.id)
+                self._logs[state.saga_id].append(step_log)
+        if self._outbox_on:
+            for event in commit.events:
+                if event.event_id in self._event_ids:
+                    continue
+                self._event_ids.add(event.event_id)
+                self._seq += 1
+                self._outbox.append(
+                    _Outbox(
+                        OutboxRow(
+                            self._seq,
+                            event.event_id,
+                            event.saga_id,
+                            event.event_type.value,
+                            event_body(event),
+                        ),
+                        time.time(),
+                    )
+                )
 
     # ---------------------------------------------------------------- outbox
 

@@ -150,6 +150,11 @@ def migrate_sqlite(conn: Any, now: str) -> list[int]:
                 return
             for statement in sql_statements(mig.sql):
                 conn.execute(statement)
+                if "writable_schema" in statement and "OFF" in statement.upper():
+                    # A table definition was edited in place: every connection (this one
+                    # first, before any later statement) must reload the schema.
+                    version = int(conn.execute("PRAGMA schema_version").fetchone()[0])
+                    conn.execute(f"PRAGMA schema_version = {version + 1}")
             conn.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                 (mig.version, mig.name, now),

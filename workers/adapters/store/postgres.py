@@ -33,14 +33,19 @@ from psycopg_pool import ConnectionPool
 
 from saga.codec import (
     compensation_to_dict,
+    pause_to_dict,
     workflow_from_dict,
     workflow_to_dict,
 )
+from saga.events import Commit
 from saga.model import (
     ACTIVE_STATUSES,
     CANCELLABLE_STATUSES,
+    PAUSABLE_STATUSES,
     TERMINAL_STATUSES,
+    UNLEASED_STATUSES,
     Action,
+    OperatorAction,
     SagaState,
     SagaStatus,
     StepLog,
@@ -51,12 +56,12 @@ from saga.model import (
 from workers.adapters.store.base import (
     MAX_RETENTION_BATCH,
     RETENTION_EVENTS_MARGIN_SECS,
-    CancelOutcome,
     Claimed,
     CommitRequest,
     CommitResult,
     DeleteEnded,
     OutboxRow,
+    RequestOutcome,
     SagaFilter,
     SagaPage,
     SagaStats,
@@ -73,8 +78,10 @@ from workers.adapters.store.migrate import (
     validate_schema,
 )
 from workers.adapters.store.rows import (
+    ACTION_COLUMNS,
     LOG_COLUMNS,
     STATE_COLUMNS,
+    action_from_row,
     log_from_row,
     sql_list,
     state_from_row,
@@ -98,6 +105,7 @@ _LOG_COLUMNS = LOG_COLUMNS
 
 
 _ACTIVE = sql_list(ACTIVE_STATUSES)
+_PAUSABLE = sql_list(PAUSABLE_STATUSES)
 _CANCELLABLE = sql_list(CANCELLABLE_STATUSES)
 _TERMINAL = sql_list(TERMINAL_STATUSES)
 
@@ -163,6 +171,50 @@ WHERE saga_id = ANY(%s::uuid[]) AND action = 'EXECUTE' AND status = 'SUCCESS'
 ORDER BY seq
 """
 
+_REQUEST_PAUSE = f"""
+UPDATE {{schema}}.saga_states SET pause_requested = TRUE
+WHERE id = %(id)s AND status IN ({_PAUSABLE})
+RETURNING {_STATE_COLUMNS}
+"""
+
+_INSERT_ACTION = """
+INSERT INTO {schema}.operator_actions (saga_id, action, resume_action, payload_replaced, actor, at)
+VALUES (%s, %s, %s, %s, %s, %s)
+"""
+
+# Kept exact by the counter triggers of 0003 (no row of saga_states is read).
+_PAUSED_BY_WORKFLOW = """
+SELECT workflow_name, COALESCE(sum(n), 0) AS n FROM {schema}.saga_counts
+WHERE status = 'PAUSED' GROUP BY workflow_name
+"""
+
+_OPERATOR_ACTIONS = f"""
+SELECT {ACTION_COLUMNS} FROM {{schema}}.operator_actions WHERE saga_id = %s ORDER BY seq
+"""
+
+# An operator's decision on a PAUSED saga, only if no other was written since it was read.
+_COMMIT_OPERATOR = """
+UPDATE {schema}.saga_states
+SET status = %(status)s, current_step = %(current_step)s, payload = %(payload)s,
+    error_message = %(error_message)s, updated_at = %(updated_at)s,
+    compensation = %(compensation)s, pause = %(pause)s, resumes = %(resumes)s,
+    lease_owner = NULL, lease_expires_at = NULL
+WHERE id = %(id)s AND status = 'PAUSED' AND resumes = %(expected)s
+"""
+
+_INSERT_LOGS = """
+INSERT INTO {schema}.saga_step_logs (
+    id, saga_id, step_index, step_name, action, status, request_payload, response_payload,
+    error_message, started_at, completed_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (id) DO NOTHING
+"""
+
+_INSERT_EVENTS = """
+INSERT INTO {schema}.outbox (event_id, saga_id, event_type, body) VALUES (%s, %s, %s, %s)
+ON CONFLICT (event_id) DO NOTHING
+"""
+
 _IS_CANCEL_REQUESTED = "SELECT cancel_requested FROM {schema}.saga_states WHERE id = %s"
 
 # `prev_owner` is read under the row lock (FOR UPDATE re-reads the newest row version), so it is
@@ -183,7 +235,7 @@ claimed AS (
         lease_token = s.lease_token + 1,
         lease_expires_at = now() + make_interval(secs => %(lease_secs)s)
     WHERE s.id = ANY(ARRAY(SELECT id FROM candidate))
-    RETURNING {_STATE_COLUMNS}, lease_token, cancel_requested
+    RETURNING {_STATE_COLUMNS}, lease_token, cancel_requested, pause_requested
 )
 SELECT claimed.*, candidate.prev_owner
 FROM claimed JOIN candidate ON candidate.id = claimed.id
@@ -197,7 +249,8 @@ FROM claimed JOIN candidate ON candidate.id = claimed.id
 # is always a primary-key lookup, where a join may be planned as a hash join over the table.
 _HELD = """
 held AS (
-    SELECT s.id FROM {schema}.saga_states AS s JOIN v ON v.id = s.id
+    SELECT s.id, s.cancel_requested, s.pause_requested
+    FROM {schema}.saga_states AS s JOIN v ON v.id = s.id
     WHERE s.lease_owner = %(owner)s AND s.lease_token = v.token
     ORDER BY s.id
     FOR UPDATE OF s
@@ -230,9 +283,10 @@ WITH v AS (
     SELECT * FROM unnest(
         %(ids)s::uuid[], %(tokens)s::bigint[], %(statuses)s::text[], %(steps)s::int[],
         %(errors)s::text[], %(updated)s::timestamptz[], %(compensations)s::jsonb[],
-        %(terminal)s::boolean[], %(guards)s::boolean[]
+        %(terminal)s::boolean[], %(guards)s::boolean[], %(pause_guards)s::boolean[],
+        %(pauses)s::jsonb[], %(resumes)s::int[]
     ) AS v(id, token, status, current_step, error_message, updated_at, compensation, terminal,
-           guard)
+           guard, pause_guard, pause, resumes)
 ),
 {_HELD},
 written AS (
@@ -242,12 +296,16 @@ written AS (
         error_message = v.error_message,
         updated_at = v.updated_at,
         compensation = v.compensation,
+        pause = v.pause,
+        resumes = v.resumes,
+        pause_requested = CASE WHEN v.status = 'PAUSED' THEN FALSE ELSE s.pause_requested END,
         lease_owner = CASE WHEN v.terminal THEN NULL ELSE s.lease_owner END,
         lease_expires_at = CASE WHEN v.terminal THEN NULL
                                 ELSE now() + make_interval(secs => %(lease_secs)s) END
     FROM v JOIN held ON held.id = v.id
     WHERE s.id = v.id AND NOT (v.guard AND s.cancel_requested)
-    RETURNING s.id, s.cancel_requested
+      AND NOT (v.pause_guard AND s.pause_requested)
+    RETURNING s.id, s.cancel_requested, s.pause_requested
 ),
 logs AS (
     INSERT INTO {{schema}}.saga_step_logs (
@@ -281,7 +339,11 @@ events AS (
 SELECT v.id,
        written.id IS NOT NULL AS written,
        held.id IS NOT NULL AS held,
-       COALESCE(written.cancel_requested, s.cancel_requested, FALSE) AS cancel_requested
+       COALESCE(written.cancel_requested, held.cancel_requested, s.cancel_requested, FALSE)
+           AS cancel_requested,
+       COALESCE(written.pause_requested, held.pause_requested, s.pause_requested, FALSE)
+           AS pause_requested,
+       v.guard AND held.cancel_requested AS cancel_first
 FROM v
 LEFT JOIN written ON written.id = v.id
 LEFT JOIN held ON held.id = v.id
@@ -554,6 +616,13 @@ class PostgresStore(Store):
         self._get_step_logs = q(_GET_STEP_LOGS)
         self._request_cancel = q(_REQUEST_CANCEL)
         self._is_cancel_requested = q(_IS_CANCEL_REQUESTED)
+        self._request_pause = q(_REQUEST_PAUSE)
+        self._insert_action = q(_INSERT_ACTION)
+        self._operator_actions = q(_OPERATOR_ACTIONS)
+        self._paused_by_workflow = q(_PAUSED_BY_WORKFLOW)
+        self._commit_operator = q(_COMMIT_OPERATOR)
+        self._insert_logs = q(_INSERT_LOGS)
+        self._insert_events = q(_INSERT_EVENTS)
         self._forward_logs = q(_FORWARD_LOGS)
         self._status_counts = q(_STATUS_COUNTS)
         self._started_by_minute = q(_STARTED_BY_MINUTE)
@@ -655,12 +724,18 @@ class PostgresStore(Store):
                 return _state_from_row(existing[0]), existing[0]["request_hash"], False
         raise RuntimeError(f"idempotency key {idempotency_key!r} neither inserted nor found")
 
-    def get_saga(self, saga_id: str) -> SagaState | None:
+    def get_saga(self, saga_id: str, *, with_steps: bool = False) -> SagaState | None:
         sid = _uuid(saga_id)
         if sid is None:
             return None
         rows = self._rows(self._get_saga, (sid,))
-        return _state_from_row(rows[0]) if rows else None
+        if not rows:
+            return None
+        state = _state_from_row(rows[0])
+        if with_steps and state.status is not SagaStatus.STARTED:
+            logs = [_log_from_row(r) for r in self._rows(self._forward_logs, ([sid],))]
+            state = evolve(state, steps=steps_from_logs(logs))
+        return state
 
     def get_step_logs(self, saga_id: str) -> list[StepLog]:
         sid = _uuid(saga_id)
@@ -702,15 +777,112 @@ class PostgresStore(Store):
             ended = {_utc_required(r["minute"]): int(r["n"]) for r in cur.fetchall()}
         return SagaStats(counts, started, ended)
 
-    def request_cancel(self, saga_id: str) -> CancelOutcome | None:
+    def request_cancel(
+        self, saga_id: str, *, by: str | None = None, at: datetime | None = None
+    ) -> RequestOutcome | None:
+        return self._request(self._request_cancel, saga_id, "cancel", by, at)
+
+    def request_pause(self, saga_id: str, *, by: str | None, at: datetime) -> RequestOutcome | None:
+        return self._request(self._request_pause, saga_id, "pause", by, at)
+
+    def _request(
+        self, statement: str, saga_id: str, action: str, by: str | None, at: datetime | None
+    ) -> RequestOutcome | None:
         sid = _uuid(saga_id)
         if sid is None:
             return None
-        rows = self._rows(self._request_cancel, {"id": sid})
-        if rows:
-            return CancelOutcome(_state_from_row(rows[0]), True)
+        with (
+            self._pool.connection() as conn,
+            conn.transaction(),
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
+            cur.execute(statement, {"id": sid})
+            row = cur.fetchone()
+            if row is not None:
+                if at is not None:
+                    cur.execute(self._insert_action, (sid, action, None, False, by, at))
+                return RequestOutcome(_state_from_row(row), True)
         rows = self._rows(self._get_saga, (sid,))
-        return CancelOutcome(_state_from_row(rows[0]), False) if rows else None
+        return RequestOutcome(_state_from_row(rows[0]), False) if rows else None
+
+    def commit_operator(
+        self, commit: Commit, expected_resumes: int, action: OperatorAction
+    ) -> bool:
+        state = commit.state
+        sid = uuid.UUID(state.saga_id)
+        try:
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                cur.execute(
+                    self._commit_operator,
+                    {
+                        "status": state.status.value,
+                        "current_step": state.current_step,
+                        "payload": _jsonb(state.payload),
+                        "error_message": state.error_message,
+                        "updated_at": state.updated_at,
+                        "compensation": _jsonb(compensation_to_dict(state.compensation)),
+                        "pause": _jsonb(pause_to_dict(state.pause)),
+                        "resumes": state.resumes,
+                        "id": sid,
+                        "expected": expected_resumes,
+                    },
+                )
+                if cur.rowcount != 1:
+                    return False
+                if commit.step_logs:
+                    cur.executemany(
+                        self._insert_logs,
+                        [
+                            (
+                                uuid.UUID(g.id),
+                                sid,
+                                g.step_index,
+                                g.step_name,
+                                g.action.value,
+                                g.status.value,
+                                _jsonb(g.request_payload),
+                                _jsonb(g.response_payload),
+                                g.error_message,
+                                g.started_at,
+                                g.completed_at,
+                            )
+                            for g in commit.step_logs
+                        ],
+                    )
+                if self._outbox and commit.events:
+                    cur.executemany(
+                        self._insert_events,
+                        [
+                            (uuid.UUID(e.event_id), sid, e.event_type.value, _jsonb(event_body(e)))
+                            for e in commit.events
+                        ],
+                    )
+                cur.execute(
+                    self._insert_action,
+                    (
+                        sid,
+                        action.action,
+                        None if action.resume_action is None else action.resume_action.value,
+                        action.payload_replaced,
+                        action.by,
+                        action.at,
+                    ),
+                )
+            return True
+        except _REFUSALS as exc:
+            raise StoreRefused(refusal_reason(exc)) from exc
+
+    def paused_by_workflow(self) -> dict[str, int]:
+        rows = self._rows(self._paused_by_workflow)
+        return {r["workflow_name"]: int(r["n"]) for r in rows if int(r["n"]) > 0}
+
+    def operator_actions(self, saga_id: str) -> list[OperatorAction]:
+        sid = _uuid(saga_id)
+        if sid is None:
+            return []
+        return [
+            action_from_row(r, _utc_required) for r in self._rows(self._operator_actions, (sid,))
+        ]
 
     def is_cancel_requested(self, saga_id: str) -> bool:
         sid = _uuid(saga_id)
@@ -734,6 +906,7 @@ class PostgresStore(Store):
                 cancel_requested=bool(row["cancel_requested"]),
                 taken_over=row["prev_owner"] is not None and row["prev_owner"] != owner,
                 lease_expired=row["prev_owner"] is not None,
+                pause_requested=bool(row["pause_requested"]),
             )
             for row in rows
         ]
@@ -801,7 +974,7 @@ class PostgresStore(Store):
                 rounds.append([])
             rounds[n].append(index)
 
-        outcome: dict[int, tuple[bool, bool, bool]] = {}
+        outcome: dict[int, tuple[bool, bool, bool, bool, bool]] = {}
         try:
             with self._pool.connection() as conn:
                 if len(rounds) == 1:
@@ -816,13 +989,18 @@ class PostgresStore(Store):
             raise StoreRefused(refusal_reason(exc)) from exc
         results: list[CommitResult] = []
         for index, request in enumerate(requests):
-            written, held, cancel_requested = outcome.get(index, (False, False, False))
+            written, held, cancel, pause, cancel_first = outcome.get(
+                index, (False, False, False, False, False)
+            )
+            refused = held and not written
             results.append(
                 CommitResult(
                     saga_id=request.commit.state.saga_id,
                     fenced=not held,
-                    cancel_requested=cancel_requested,
-                    cancel_first=held and not written,
+                    cancel_requested=cancel,
+                    cancel_first=refused and cancel_first,
+                    pause_requested=pause,
+                    pause_first=refused and not cancel_first,
                 )
             )
         return results
@@ -834,7 +1012,7 @@ class PostgresStore(Store):
         requests: Sequence[CommitRequest],
         indexes: list[int],
         lease_secs: float,
-    ) -> dict[int, tuple[bool, bool, bool]]:
+    ) -> dict[int, tuple[bool, bool, bool, bool, bool]]:
         params = self._commit_params(owner, [requests[i] for i in indexes], lease_secs)
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(self._commit, params)
@@ -843,13 +1021,15 @@ class PostgresStore(Store):
                     bool(row["written"]),
                     bool(row["held"]),
                     bool(row["cancel_requested"]),
+                    bool(row["pause_requested"]),
+                    bool(row["cancel_first"]),
                 )
                 for row in cur.fetchall()
             }
-        outcome: dict[int, tuple[bool, bool, bool]] = {}
+        outcome: dict[int, tuple[bool, bool, bool, bool, bool]] = {}
         for i in indexes:
             sid = _uuid(requests[i].commit.state.saga_id)
-            outcome[i] = by_id.get(str(sid), (False, False, False))
+            outcome[i] = by_id.get(str(sid), (False, False, False, False, False))
         return outcome
 
     def _commit_params(
@@ -867,6 +1047,9 @@ class PostgresStore(Store):
             "compensations": [],
             "terminal": [],
             "guards": [],
+            "pause_guards": [],
+            "pauses": [],
+            "resumes": [],
             "log_ids": [],
             "log_saga_ids": [],
             "log_steps": [],
@@ -897,8 +1080,11 @@ class PostgresStore(Store):
             p["errors"].append(state.error_message)
             p["updated"].append(state.updated_at)
             p["compensations"].append(_jsonb(compensation_to_dict(state.compensation)))
-            p["terminal"].append(status.terminal)
+            p["terminal"].append(status in UNLEASED_STATUSES)
             p["guards"].append(request.commit.unless_cancel_requested)
+            p["pause_guards"].append(request.commit.unless_pause_requested)
+            p["pauses"].append(_jsonb(pause_to_dict(state.pause)))
+            p["resumes"].append(state.resumes)
             for step_log in request.commit.step_logs:
                 p["log_ids"].append(uuid.UUID(step_log.id))
                 p["log_saga_ids"].append(sid)

@@ -13,13 +13,22 @@ from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any
 
-from saga.codec import compensation_from_dict
-from saga.model import Action, SagaState, SagaStatus, StepLog, StepStatus
+from saga.codec import compensation_from_dict, pause_from_dict
+from saga.model import (
+    Action,
+    OperatorAction,
+    ResumeAction,
+    SagaState,
+    SagaStatus,
+    StepLog,
+    StepStatus,
+)
 
 STATE_COLUMNS = (
     "id, workflow_name, workflow_version, status, current_step, payload, correlation_id,"
-    " initiated_by, error_message, created_at, updated_at, compensation"
+    " initiated_by, error_message, created_at, updated_at, compensation, pause, resumes"
 )
+ACTION_COLUMNS = "action, resume_action, payload_replaced, actor, at"
 LOG_COLUMNS = (
     "id, saga_id, step_index, step_name, action, status, request_payload, response_payload,"
     " error_message, started_at, completed_at"
@@ -50,6 +59,20 @@ def state_from_row(row: Mapping[str, Any], when: Time, json_value: Json) -> Saga
         created_at=when(row["created_at"]),
         updated_at=when(row["updated_at"]),
         compensation=compensation_from_dict(json_value(row["compensation"])),
+        pause=pause_from_dict(json_value(row["pause"])),
+        resumes=row["resumes"],
+    )
+
+
+def action_from_row(row: Mapping[str, Any], when: Time) -> OperatorAction:
+    """An operator action as stored (the `ACTION_COLUMNS` of `row`)."""
+    resume = row["resume_action"]
+    return OperatorAction(
+        action=row["action"],
+        by=row["actor"],
+        at=when(row["at"]),
+        resume_action=None if resume is None else ResumeAction(resume),
+        payload_replaced=bool(row["payload_replaced"]),
     )
 
 

@@ -24,11 +24,15 @@ from typing import Any
 
 from attrs import evolve
 
-from saga.codec import compensation_to_dict, workflow_from_dict, workflow_to_dict
+from saga.codec import compensation_to_dict, pause_to_dict, workflow_from_dict, workflow_to_dict
+from saga.events import Commit
 from saga.model import (
     ACTIVE_STATUSES,
     CANCELLABLE_STATUSES,
+    PAUSABLE_STATUSES,
     TERMINAL_STATUSES,
+    UNLEASED_STATUSES,
+    OperatorAction,
     SagaState,
     SagaStatus,
     StepLog,
@@ -38,12 +42,12 @@ from saga.model import (
 from workers.adapters.store.base import (
     MAX_RETENTION_BATCH,
     RETENTION_EVENTS_MARGIN_SECS,
-    CancelOutcome,
     Claimed,
     CommitRequest,
     CommitResult,
     DeleteEnded,
     OutboxRow,
+    RequestOutcome,
     SagaFilter,
     SagaPage,
     SagaStats,
@@ -54,8 +58,10 @@ from workers.adapters.store.base import (
 from workers.adapters.store.events import event_body
 from workers.adapters.store.migrate import migrate_sqlite
 from workers.adapters.store.rows import (
+    ACTION_COLUMNS,
     LOG_COLUMNS,
     STATE_COLUMNS,
+    action_from_row,
     log_from_row,
     sql_list,
     state_from_row,
@@ -75,6 +81,7 @@ _REFUSALS = (
 
 
 _ACTIVE = sql_list(ACTIVE_STATUSES)
+_PAUSABLE = sql_list(PAUSABLE_STATUSES)
 _CANCELLABLE = sql_list(CANCELLABLE_STATUSES)
 _TERMINAL = sql_list(TERMINAL_STATUSES)
 
@@ -131,6 +138,27 @@ WHERE id = ? AND status IN ({_CANCELLABLE})
 RETURNING {STATE_COLUMNS}
 """
 _IS_CANCEL_REQUESTED = "SELECT cancel_requested FROM saga_states WHERE id = ?"
+_REQUEST_PAUSE = f"""
+UPDATE saga_states SET pause_requested = 1
+WHERE id = ? AND status IN ({_PAUSABLE})
+RETURNING {STATE_COLUMNS}
+"""
+_INSERT_ACTION = """
+INSERT INTO operator_actions (saga_id, action, resume_action, payload_replaced, actor, at)
+VALUES (?, ?, ?, ?, ?, ?)
+"""
+_PAUSED_BY_WORKFLOW = """
+SELECT workflow_name, count(*) AS n FROM saga_states WHERE status = 'PAUSED' GROUP BY 1
+"""
+_OPERATOR_ACTIONS = f"SELECT {ACTION_COLUMNS} FROM operator_actions WHERE saga_id = ? ORDER BY seq"
+# An operator's decision on a PAUSED saga, only if no other was written since it was read.
+_COMMIT_OPERATOR = """
+UPDATE saga_states
+SET status = :status, current_step = :current_step, payload = :payload,
+    error_message = :error_message, updated_at = :updated_at, compensation = :compensation,
+    pause = :pause, resumes = :resumes, lease_owner = NULL, lease_expires_at = NULL
+WHERE id = :id AND status = 'PAUSED' AND resumes = :expected
+"""
 
 # A read first: an idle poll must not take the database write lock.
 _ANY_CLAIMABLE = f"""
@@ -138,7 +166,8 @@ SELECT 1 FROM saga_states
 WHERE status IN ({_ACTIVE}) AND (lease_expires_at IS NULL OR lease_expires_at < ?) LIMIT 1
 """
 _CLAIMABLE = f"""
-SELECT {STATE_COLUMNS}, cancel_requested, lease_owner, lease_token FROM saga_states
+SELECT {STATE_COLUMNS}, cancel_requested, pause_requested, lease_owner, lease_token
+FROM saga_states
 WHERE status IN ({_ACTIVE}) AND (lease_expires_at IS NULL OR lease_expires_at < ?)
 ORDER BY created_at, seq LIMIT ?
 """
@@ -155,18 +184,21 @@ UPDATE saga_states SET lease_owner = NULL, lease_expires_at = NULL
 WHERE id = ? AND lease_owner = ? AND lease_token = ?
 """
 
-# Fenced by (owner, token); with `guard`, not over a cancel set since the executor last read it.
+# Fenced by (owner, token); with a guard, not over a cancel (pause) set since the executor last
+# read it. A commit into PAUSED clears the pause flag: the pause took effect.
 _COMMIT = """
 UPDATE saga_states
 SET status = :status, current_step = :current_step, error_message = :error_message,
-    updated_at = :updated_at, compensation = :compensation, lease_owner = :lease_owner,
-    lease_expires_at = :lease_expires_at
+    updated_at = :updated_at, compensation = :compensation, pause = :pause, resumes = :resumes,
+    lease_owner = :lease_owner, lease_expires_at = :lease_expires_at,
+    pause_requested = CASE WHEN :status = 'PAUSED' THEN 0 ELSE pause_requested END
 WHERE id = :id AND lease_owner = :owner AND lease_token = :token
-  AND NOT (:guard AND cancel_requested)
-RETURNING cancel_requested
+  AND NOT (:guard AND cancel_requested) AND NOT (:pause_guard AND pause_requested)
+RETURNING cancel_requested, pause_requested
 """
 _NOT_WRITTEN = """
-SELECT cancel_requested, lease_owner = ? AND lease_token = ? AS held FROM saga_states WHERE id = ?
+SELECT cancel_requested, pause_requested, lease_owner = ? AND lease_token = ? AS held
+FROM saga_states WHERE id = ?
 """
 _INSERT_LOG = """
 INSERT OR IGNORE INTO saga_step_logs (
@@ -267,6 +299,13 @@ def _log_values(g: StepLog) -> tuple[Any, ...]:
         _ts(g.started_at),
         _ts(g.completed_at),
     )
+
+
+def _event_values(commit: Commit, now: float) -> list[tuple[Any, ...]]:
+    return [
+        (e.event_id, e.saga_id, e.event_type.value, _json(event_body(e)), now)
+        for e in commit.events
+    ]
 
 
 # --------------------------------------------------------------------------- the store
@@ -393,9 +432,11 @@ class SqliteStore(Store):
             )
         return state, request_hash, True
 
-    def get_saga(self, saga_id: str) -> SagaState | None:
+    def get_saga(self, saga_id: str, *, with_steps: bool = False) -> SagaState | None:
         row = self._conn().execute(_GET_SAGA, (saga_id,)).fetchone()
-        return None if row is None else _state(row)
+        if row is None:
+            return None
+        return self._with_steps(_state(row)) if with_steps else _state(row)
 
     def get_step_logs(self, saga_id: str) -> list[StepLog]:
         rows = self._conn().execute(_GET_STEP_LOGS, (saga_id,)).fetchall()
@@ -435,13 +476,74 @@ class SqliteStore(Store):
         ended = conn.execute(_ENDED_BY_MINUTE, (start,)).fetchall()
         return SagaStats(counts, _by_minute(started), _by_minute(ended))
 
-    def request_cancel(self, saga_id: str) -> CancelOutcome | None:
+    def request_cancel(
+        self, saga_id: str, *, by: str | None = None, at: datetime | None = None
+    ) -> RequestOutcome | None:
+        return self._request(_REQUEST_CANCEL, saga_id, "cancel", by, at)
+
+    def request_pause(self, saga_id: str, *, by: str | None, at: datetime) -> RequestOutcome | None:
+        return self._request(_REQUEST_PAUSE, saga_id, "pause", by, at)
+
+    def _request(
+        self, statement: str, saga_id: str, action: str, by: str | None, at: datetime | None
+    ) -> RequestOutcome | None:
         with self._write() as conn:
-            row = conn.execute(_REQUEST_CANCEL, (saga_id,)).fetchone()
+            row = conn.execute(statement, (saga_id,)).fetchone()
             if row is not None:
-                return CancelOutcome(_state(row), True)
+                if at is not None:
+                    conn.execute(_INSERT_ACTION, (saga_id, action, None, 0, by, _ts(at)))
+                return RequestOutcome(_state(row), True)
             row = conn.execute(_GET_SAGA, (saga_id,)).fetchone()
-        return None if row is None else CancelOutcome(_state(row), False)
+        return None if row is None else RequestOutcome(_state(row), False)
+
+    def commit_operator(
+        self, commit: Commit, expected_resumes: int, action: OperatorAction
+    ) -> bool:
+        state = commit.state
+        try:
+            with self._write() as conn:
+                written = conn.execute(
+                    _COMMIT_OPERATOR,
+                    {
+                        "status": state.status.value,
+                        "current_step": state.current_step,
+                        "payload": _json(dict(state.payload)),
+                        "error_message": state.error_message,
+                        "updated_at": _ts(state.updated_at),
+                        "compensation": _json(compensation_to_dict(state.compensation)),
+                        "pause": _json(pause_to_dict(state.pause)),
+                        "resumes": state.resumes,
+                        "id": state.saga_id,
+                        "expected": expected_resumes,
+                    },
+                ).rowcount
+                if not written:
+                    return False
+                conn.executemany(_INSERT_LOG, [_log_values(g) for g in commit.step_logs])
+                if self._outbox_on:
+                    conn.executemany(_INSERT_EVENT, _event_values(commit, time.time()))
+                conn.execute(
+                    _INSERT_ACTION,
+                    (
+                        state.saga_id,
+                        action.action,
+                        None if action.resume_action is None else action.resume_action.value,
+                        1 if action.payload_replaced else 0,
+                        action.by,
+                        _ts(action.at),
+                    ),
+                )
+            return True
+        except _REFUSALS as exc:
+            raise StoreRefused(refusal_reason(exc)) from exc
+
+    def paused_by_workflow(self) -> dict[str, int]:
+        rows = self._conn().execute(_PAUSED_BY_WORKFLOW).fetchall()
+        return {r["workflow_name"]: r["n"] for r in rows}
+
+    def operator_actions(self, saga_id: str) -> list[OperatorAction]:
+        rows = self._conn().execute(_OPERATOR_ACTIONS, (saga_id,)).fetchall()
+        return [action_from_row(r, _dt) for r in rows]
 
     def is_cancel_requested(self, saga_id: str) -> bool:
         row = self._conn().execute(_IS_CANCEL_REQUESTED, (saga_id,)).fetchone()
@@ -467,6 +569,7 @@ class SqliteStore(Store):
                 bool(r["cancel_requested"]),
                 taken_over=r["lease_owner"] is not None and r["lease_owner"] != owner,
                 lease_expired=r["lease_owner"] is not None,
+                pause_requested=bool(r["pause_requested"]),
             )
             for r in rows
         ]
@@ -516,7 +619,7 @@ class SqliteStore(Store):
             now = time.time()
             for request in requests:
                 state = request.commit.state
-                terminal = state.terminal
+                terminal = state.status in UNLEASED_STATUSES
                 row = conn.execute(
                     _COMMIT,
                     {
@@ -525,12 +628,15 @@ class SqliteStore(Store):
                         "error_message": state.error_message,
                         "updated_at": _ts(state.updated_at),
                         "compensation": _json(compensation_to_dict(state.compensation)),
+                        "pause": _json(pause_to_dict(state.pause)),
+                        "resumes": state.resumes,
                         "lease_owner": None if terminal else owner,
                         "lease_expires_at": None if terminal else expires,
                         "id": state.saga_id,
                         "owner": owner,
                         "token": request.lease_token,
                         "guard": 1 if request.commit.unless_cancel_requested else 0,
+                        "pause_guard": 1 if request.commit.unless_pause_requested else 0,
                     },
                 ).fetchone()
                 if row is None:
@@ -538,16 +644,31 @@ class SqliteStore(Store):
                         _NOT_WRITTEN, (owner, request.lease_token, state.saga_id)
                     ).fetchone()
                     held = bool(found and found["held"])
-                    flag = bool(found and found["cancel_requested"])
-                    results.append(CommitResult(state.saga_id, not held, flag, cancel_first=held))
+                    cancel = bool(found and found["cancel_requested"])
+                    pause = bool(found and found["pause_requested"])
+                    guard_cancel = request.commit.unless_cancel_requested and cancel
+                    results.append(
+                        CommitResult(
+                            state.saga_id,
+                            not held,
+                            cancel,
+                            cancel_first=held and guard_cancel,
+                            pause_requested=pause,
+                            pause_first=held and not guard_cancel,
+                        )
+                    )
                     continue
-                results.append(CommitResult(state.saga_id, False, bool(row["cancel_requested"])))
+                results.append(
+                    CommitResult(
+                        state.saga_id,
+                        False,
+                        bool(row["cancel_requested"]),
+                        pause_requested=bool(row["pause_requested"]),
+                    )
+                )
                 logs.extend(_log_values(g) for g in request.commit.step_logs)
                 if self._outbox_on:
-                    events.extend(
-                        (e.event_id, e.saga_id, e.event_type.value, _json(event_body(e)), now)
-                        for e in request.commit.events
-                    )
+                    events.extend(_event_values(request.commit, now))
             if logs:
                 conn.executemany(_INSERT_LOG, logs)
             if events:
