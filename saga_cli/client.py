@@ -1,6 +1,6 @@
-"""The client commands of `saga` (start, get, list, cancel, workflows) against a running
-server's REST API: readable tables for people, `--json` for scripts, a non-zero exit status
-with the server's message on any error."""
+"""The client commands of `saga` (start, get, list, cancel, pause, resume, workflows) against a
+running server's REST API: readable tables for people, `--json` for scripts, a non-zero exit
+status with the server's message on any error."""
 
 from __future__ import annotations
 
@@ -18,10 +18,14 @@ TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 
 
 class ClientError(Exception):
-    def __init__(self, message: str, code: int = 1) -> None:
+    """A failed command: `message` for the user, `code` the exit status, `status` the HTTP
+    status the server answered (None when it did not answer)."""
+
+    def __init__(self, message: str, code: int = 1, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        self.status = status
 
 
 class Client:
@@ -45,7 +49,7 @@ class Client:
             error = (body or {}).get("error", {}) if isinstance(body, dict) else {}
             code = error.get("code", f"HTTP {response.status_code}")
             message = error.get("message", response.text[:200])
-            raise ClientError(f"{code}: {message}")
+            raise ClientError(f"{code}: {message}", status=response.status_code)
         return response.status_code, body
 
 
@@ -75,7 +79,7 @@ def _read_payload(text: str) -> Any:
 
 
 def print_timeline(detail: dict[str, Any], out: TextIO) -> None:
-    """A saga and its step logs as a person reads them."""
+    """A saga, its step logs and its operator actions, in time order, as a person reads them."""
     saga = detail["saga"]
     print(
         f"saga {saga['saga_id']}  workflow {saga['workflow_name']}  status {saga['status']}",
@@ -83,10 +87,34 @@ def print_timeline(detail: dict[str, Any], out: TextIO) -> None:
     )
     if saga.get("correlation_id"):
         print(f"correlation_id {saga['correlation_id']}", file=out)
-    for log in detail["step_logs"]:
-        print(timeline_line(log), file=out)
+    for line in timeline(detail):
+        print(line, file=out)
     if saga.get("error_message"):
         print(f"error: {saga['error_message']}", file=out)
+
+
+def timeline(detail: dict[str, Any]) -> list[str]:
+    """Each step log and operator action as one line, in time order (a log when it ended,
+    an action when it was asked for; a log first on a tie)."""
+    entries = [
+        (log["completed_at"] or log["started_at"] or "", 0, i, timeline_line(log))
+        for i, log in enumerate(detail["step_logs"])
+    ]
+    entries += [
+        (action["at"] or "", 1, i, operator_line(action))
+        for i, action in enumerate(detail.get("operator_actions") or [])
+    ]
+    return [line for *_, line in sorted(entries)]
+
+
+def operator_line(action: dict[str, Any]) -> str:
+    """One operator action: what, how a resume went on, and who asked."""
+    what = str(action["action"])
+    if action.get("resume_action"):
+        what += f" {action['resume_action']}"
+    if action.get("payload_replaced"):
+        what += " (payload replaced)"
+    return f"  {action['at']}  {'OPERATOR':<10} {what:<24} by {action.get('by') or '-'}"
 
 
 def timeline_line(log: dict[str, Any]) -> str:
@@ -162,6 +190,15 @@ def _dispatch(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         else:
             print(result["message"], file=out)
         return 0
+    if command == "pause":
+        _, result = client.request("POST", f"/api/v1/sagas/{args.saga_id}/pause")
+        if args.json:
+            _print_json(result, out)
+        else:
+            print(result["message"], file=out)
+        return 0
+    if command == "resume":
+        return _resume(client, args, out)
     if command == "workflows":
         if args.workflows_command == "register":
             try:
@@ -190,6 +227,74 @@ def _dispatch(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     raise ClientError(f"unknown command {command}", 2)
 
 
+def _resume(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    """`saga resume ID`, or every saga that --status / --workflow select: one line each."""
+    body: dict[str, Any] = {}
+    if args.action:
+        body["action"] = args.action
+    bulk = args.status is not None or args.workflow is not None
+    if args.saga_id is not None and bulk:
+        raise ClientError("give a saga id or --status/--workflow, not both", 2)
+    if args.saga_id is None and not bulk:
+        raise ClientError("give a saga id, or --status PAUSED and/or --workflow NAME", 2)
+    if not bulk:
+        if args.payload is not None:
+            body["payload"] = _read_payload(args.payload)
+        _, result = client.request("POST", f"/api/v1/sagas/{args.saga_id}/resume", json=body)
+        if args.json:
+            _print_json(result, out)
+        else:
+            print(result["message"], file=out)
+        return 0
+    if args.payload is not None:
+        raise ClientError("--payload: only with one saga id, never for many sagas at once", 2)
+    status = args.status or "PAUSED"
+    if status != "PAUSED":
+        raise ClientError(f"--status: only PAUSED sagas can be resumed, not {status}", 2)
+    # Every id first, then the resumes: a resumed saga leaves the PAUSED pages as they are read.
+    ids = _all_saga_ids(client, {"status": status, "workflow_name": args.workflow})
+    results = []
+    failed = 0
+    for saga_id in ids:
+        try:
+            _, result = client.request("POST", f"/api/v1/sagas/{saga_id}/resume", json=body)
+            outcome, message = "ok", str(result["message"])
+            results.append({"saga_id": saga_id, "ok": True, **result})
+        except ClientError as exc:
+            failed += 1
+            outcome = str(exc.status) if exc.status is not None else "error"
+            message = exc.message
+            results.append(
+                {"saga_id": saga_id, "ok": False, "status_code": exc.status, "message": message}
+            )
+        if not args.json:
+            print(f"{saga_id}  {outcome}  {message}", file=out, flush=True)
+    if args.json:
+        _print_json({"results": results, "resumed": len(ids) - failed, "failed": failed}, out)
+    else:
+        print(f"{len(ids) - failed} resumed, {failed} failed", file=out)
+    return 1 if failed else 0
+
+
+def _all_saga_ids(client: Client, filters: dict[str, Any]) -> list[str]:
+    """The ids of every saga the filters select, reading all pages (each id once)."""
+    params = {k: v for k, v in filters.items() if v is not None}
+    ids: list[str] = []
+    seen: set[str] = set()
+    page = 1
+    while True:
+        _, result = client.request(
+            "GET", "/api/v1/sagas", params={**params, "page": page, "page_size": 100}
+        )
+        for saga in result["sagas"]:
+            if saga["saga_id"] not in seen:
+                seen.add(saga["saga_id"])
+                ids.append(saga["saga_id"])
+        if not result["pagination"]["has_next"]:
+            return ids
+        page += 1
+
+
 def _get(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     _, detail = client.request("GET", f"/api/v1/sagas/{args.saga_id}")
     if not args.watch:
@@ -199,6 +304,7 @@ def _get(client: Client, args: argparse.Namespace, out: TextIO) -> int:
             print_timeline(detail, out)
         return 0
     seen: set[str] = set()
+    actions_seen = 0
     status = None
     saga = detail["saga"]
     print(f"saga {saga['saga_id']}  workflow {saga['workflow_name']}", file=out)
@@ -209,6 +315,10 @@ def _get(client: Client, args: argparse.Namespace, out: TextIO) -> int:
             if log["id"] not in seen:
                 seen.add(log["id"])
                 print(json.dumps(log) if args.json else timeline_line(log), file=out, flush=True)
+        actions = detail.get("operator_actions") or []
+        for action in actions[actions_seen:]:
+            print(json.dumps(action) if args.json else operator_line(action), file=out, flush=True)
+        actions_seen = max(actions_seen, len(actions))
         if saga["status"] != status:
             status = saga["status"]
             print(f"  status {status}", file=out, flush=True)
@@ -258,10 +368,42 @@ def register(sub: Any) -> None:
     common(p)
     p.set_defaults(client_command="list")
 
-    p = sub.add_parser("cancel", help="cancel a STARTED or RUNNING saga")
+    p = sub.add_parser(
+        "cancel", help="cancel a STARTED or RUNNING saga, or one PAUSED before compensating"
+    )
     p.add_argument("saga_id")
     common(p)
     p.set_defaults(client_command="cancel")
+
+    p = sub.add_parser(
+        "pause", help="pause a STARTED, RUNNING or COMPENSATING saga at its next step boundary"
+    )
+    p.add_argument("saga_id")
+    common(p)
+    p.set_defaults(client_command="pause")
+
+    p = sub.add_parser(
+        "resume",
+        help="resume a PAUSED saga, or every PAUSED saga --status/--workflow select",
+        description="Resume one PAUSED saga (SAGA_ID), or every saga that --status PAUSED "
+        "and/or --workflow NAME select, reading all pages first and printing one line per saga "
+        "(its id, ok or the HTTP status, the message); the exit status is 1 if any failed.",
+    )
+    p.add_argument(
+        "saga_id", nargs="?", help="the saga to resume (omit it with --status/--workflow)"
+    )
+    p.add_argument(
+        "--action",
+        choices=("continue", "retry", "skip", "compensate"),
+        help="how to go on (default: retry after a failure, continue after a pause request)",
+    )
+    p.add_argument(
+        "--payload", help="replace the payload first: a JSON object, or @file (one saga only)"
+    )
+    p.add_argument("--status", help="resume every saga in this status (PAUSED)")
+    p.add_argument("--workflow", help="resume every PAUSED saga of this workflow")
+    common(p)
+    p.set_defaults(client_command="resume")
 
     p = sub.add_parser("workflows", help="list or register workflows")
     wsub = p.add_subparsers(dest="workflows_command", metavar="list|register")

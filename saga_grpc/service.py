@@ -32,11 +32,12 @@ from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError, Message
 
 from saga.errors import Conflict, NotFound, ValidationError
-from saga.model import SagaState, StepLog, Workflow
+from saga.model import OperatorAction, SagaState, StepLog, Workflow
 from saga_grpc.gen.k1s0.system.common.v1 import types_pb2
 from saga_grpc.gen.k1s0.system.saga.v1 import saga_pb2, saga_pb2_grpc
 from workers.adapters.auth import READ, WRITE, Forbidden, Principal, TokenVerifier, Unauthenticated
 from workers.adapters.metrics import GRPC_REQUESTS
+from workers.service import views
 from workers.service.engine import Engine
 
 log = logging.getLogger("saga.grpc")
@@ -160,10 +161,11 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
         self, request: saga_pb2.GetSagaRequest, context: grpc.ServicerContext
     ) -> saga_pb2.GetSagaResponse:
         def run(_: Principal | None) -> saga_pb2.GetSagaResponse:
-            state, logs = self._engine.get_saga(request.saga_id)
+            state, logs, actions = self._engine.get_saga_detail(request.saga_id)
             return saga_pb2.GetSagaResponse(
                 saga=saga_message(state, self._encode),
                 step_logs=[step_log_message(g, self._encode) for g in logs],
+                operator_actions=[operator_action_message(a) for a in actions],
             )
 
         return self._call("GetSaga", READ, request, context, run)
@@ -198,8 +200,8 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
     def CancelSaga(
         self, request: saga_pb2.CancelSagaRequest, context: grpc.ServicerContext
     ) -> saga_pb2.CancelSagaResponse:
-        def run(_: Principal | None) -> saga_pb2.CancelSagaResponse:
-            state = self._engine.cancel_saga(request.saga_id)
+        def run(principal: Principal | None) -> saga_pb2.CancelSagaResponse:
+            state = self._engine.cancel_saga(request.saga_id, by=_sub(principal))
             return saga_pb2.CancelSagaResponse(
                 success=True, message=f"saga {state.saga_id} cancelled"
             )
@@ -212,8 +214,8 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
         """CancelSaga under the later k1s0 proto's name, also answering the saga's id and its
         status when the cancel was accepted (compensation starts at the next step boundary)."""
 
-        def run(_: Principal | None) -> saga_pb2.CompensateSagaResponse:
-            state = self._engine.cancel_saga(request.saga_id)
+        def run(principal: Principal | None) -> saga_pb2.CompensateSagaResponse:
+            state = self._engine.cancel_saga(request.saga_id, by=_sub(principal))
             return saga_pb2.CompensateSagaResponse(
                 success=True,
                 status=state.status.value,
@@ -222,6 +224,38 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
             )
 
         return self._call("CompensateSaga", WRITE, request, context, run)
+
+    def PauseSaga(
+        self, request: saga_pb2.PauseSagaRequest, context: grpc.ServicerContext
+    ) -> saga_pb2.PauseSagaResponse:
+        """Pause at the next step boundary (SPEC §11)."""
+
+        def run(principal: Principal | None) -> saga_pb2.PauseSagaResponse:
+            state = self._engine.pause_saga(request.saga_id, by=_sub(principal))
+            return saga_pb2.PauseSagaResponse(
+                success=True, message=f"saga {state.saga_id} pause requested"
+            )
+
+        return self._call("PauseSaga", WRITE, request, context, run)
+
+    def ResumeSaga(
+        self, request: saga_pb2.ResumeSagaRequest, context: grpc.ServicerContext
+    ) -> saga_pb2.ResumeSagaResponse:
+        """Resume a PAUSED saga (SPEC §11): an empty action is the default one, an empty
+        payload keeps the saga's."""
+
+        def run(principal: Principal | None) -> saga_pb2.ResumeSagaResponse:
+            payload = decode_payload(request.payload) if request.payload else None
+            state = self._engine.resume_saga(
+                request.saga_id, request.action or None, payload, by=_sub(principal)
+            )
+            return saga_pb2.ResumeSagaResponse(
+                success=True,
+                status=state.status.value,
+                message=views.resume_message(state, self._engine.operator_actions(state.saga_id)),
+            )
+
+        return self._call("ResumeSaga", WRITE, request, context, run)
 
     def RegisterWorkflow(
         self, request: saga_pb2.RegisterWorkflowRequest, context: grpc.ServicerContext
@@ -286,6 +320,11 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
 
 
 # ---------------------------------------------------------------------- translation
+
+
+def _sub(principal: Principal | None) -> str | None:
+    """Who an operator action is recorded as: the token's sub, None when the API is open."""
+    return principal.sub if principal is not None else None
 
 
 def decode_payload(raw: bytes) -> Any:
@@ -494,6 +533,17 @@ def step_log_message(entry: StepLog, encode: Encoder = encode_json) -> saga_pb2.
     if entry.completed_at is not None:
         message.completed_at.CopyFrom(timestamp(entry.completed_at))
     return message
+
+
+def operator_action_message(action: OperatorAction) -> saga_pb2.OperatorActionProto:
+    """One entry of the audit; proto3 strings cannot be null, so absent is empty."""
+    return saga_pb2.OperatorActionProto(
+        action=action.action,
+        resume_action=action.resume_action.value if action.resume_action is not None else "",
+        payload_replaced=action.payload_replaced,
+        by=action.by or "",
+        at=timestamp(action.at),
+    )
 
 
 def workflow_summary(workflow: Workflow) -> saga_pb2.WorkflowSummary:

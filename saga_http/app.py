@@ -50,6 +50,7 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 _REQUEST_ID_MAX = 128
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _LIST_QUERY = ("page", "page_size", "status", "workflow_name", "correlation_id")
+_RESUME_FIELDS = ("action", "payload")
 
 _DOMAIN_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     (ValidationError, 400, VALIDATION_ERROR),
@@ -152,6 +153,7 @@ class _Api:
         self.config = config
         self.engine = engine
         self._openapi: bytes | None = None
+        self._paused_labels: set[str] = set()
 
     def healthz(self) -> Response:
         return reply({"status": "ok"})
@@ -163,6 +165,7 @@ class _Api:
         return reply({"status": "not ready", "reason": reason}, 503)
 
     def metrics(self) -> Response:
+        self._count_paused()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             from prometheus_client import multiprocess
 
@@ -173,16 +176,34 @@ class _Api:
             text = generate_latest(REGISTRY)
         return Response(text, 200, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    def _count_paused(self) -> None:
+        """Set the `saga_paused` gauge from the store, as of this scrape: one label per
+        workflow with PAUSED sagas; a workflow that has none any more goes (or, where labels
+        cannot be removed, the multiprocess files, reads 0). A store that does not answer
+        leaves the gauge as it was: /metrics still answers."""
+        try:
+            paused = self.engine.paused_by_workflow()
+        except Exception:
+            log.warning("saga_paused not updated: the saga store does not answer", exc_info=True)
+            return
+        for workflow in self._paused_labels - set(paused):
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                metrics.PAUSED.labels(workflow).set(0)
+            else:
+                metrics.PAUSED.remove(workflow)
+        for workflow, count in paused.items():
+            metrics.PAUSED.labels(workflow).set(count)
+        self._paused_labels = set(paused)
+
     def start_saga(self) -> Response:
         body = read_json_object(self.config)
-        principal = g.get("principal")
         state, created = self.engine.start_saga(
             body.get("workflow_name"),
             body.get("payload"),
             correlation_id=body.get("correlation_id"),
             initiated_by=body.get("initiated_by"),
             idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
-            principal=principal.sub if principal is not None else None,
+            principal=_caller(),
         )
         if not created:
             # A replay: answer with the first saga as it is now, not as it was created.
@@ -212,12 +233,39 @@ class _Api:
         return reply(views.saga_page_view(page))
 
     def get_saga(self, saga_id: str) -> Response:
-        state, logs = self.engine.get_saga(saga_id)
-        return reply(views.saga_detail_view(state, logs))
+        state, logs, actions = self.engine.get_saga_detail(saga_id)
+        return reply(views.saga_detail_view(state, logs, actions))
 
     def cancel_saga(self, saga_id: str) -> Response:
-        state = self.engine.cancel_saga(saga_id)
+        state = self.engine.cancel_saga(saga_id, by=_caller())
         return reply({"success": True, "message": f"saga {state.saga_id} cancelled"})
+
+    def pause_saga(self, saga_id: str) -> Response:
+        """Pause at the next step boundary (SPEC §11); any body is ignored."""
+        state = self.engine.pause_saga(saga_id, by=_caller())
+        return reply({"success": True, "message": f"saga {state.saga_id} pause requested"})
+
+    def resume_saga(self, saga_id: str) -> Response:
+        """Resume a PAUSED saga (SPEC §11). The body is optional: none (or `{}`) takes the
+        default action and keeps the payload; `action` and `payload` are its only fields."""
+        body = read_json_object(self.config, optional=True)
+        unknown = sorted(set(body) - set(_RESUME_FIELDS))
+        if unknown:
+            raise ValidationError(
+                f"unknown field(s): {', '.join(u[:64] for u in unknown[:5])}; "
+                f"allowed: {', '.join(_RESUME_FIELDS)}"
+            )
+        state = self.engine.resume_saga(
+            saga_id, body.get("action"), body.get("payload"), by=_caller()
+        )
+        actions = self.engine.operator_actions(state.saga_id)
+        return reply(
+            {
+                "success": True,
+                "status": state.status.value,
+                "message": views.resume_message(state, actions),
+            }
+        )
 
     def register_workflow(self) -> Response:
         body = read_json_object(self.config)
@@ -233,6 +281,19 @@ class _Api:
     def list_workflows(self) -> Response:
         workflows = self.engine.list_workflows()
         return reply({"workflows": [views.workflow_summary_view(w) for w in workflows]})
+
+    def get_workflow(self, name: str) -> Response:
+        """One workflow's definition: the latest version, or `?version=N`."""
+        args = request.args
+        unknown = sorted(set(args) - {"version"})
+        if unknown:
+            raise ValidationError(
+                f"unknown query parameter(s): {', '.join(unknown)}; allowed: version"
+            )
+        if len(args.getlist("version")) > 1:
+            raise ValidationError("version: given more than once")
+        workflow = self.engine.get_workflow(name, args.get("version"))
+        return reply(views.workflow_view(workflow))
 
     def stats(self) -> Response:
         if request.args:
@@ -266,11 +327,22 @@ def request_id() -> str:
     return rid
 
 
-def read_json_object(config: Config) -> dict[str, Any]:
+def _caller() -> str | None:
+    """The authenticated caller's `sub` (None when the API is open): who an operator action
+    is recorded as (SPEC §11)."""
+    principal = g.get("principal")
+    return principal.sub if principal is not None else None
+
+
+def read_json_object(config: Config, *, optional: bool = False) -> dict[str, Any]:
     """The request body as a JSON object, within the size and nesting limits; a 400 for
-    anything else (wrong Content-Type, not UTF-8, malformed JSON, not an object)."""
+    anything else (wrong Content-Type, not UTF-8, malformed JSON, not an object). With
+    `optional`, an empty body (of any Content-Type) is `{}`."""
     mimetype = request.mimetype
-    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+    wrong_type = (
+        bool(mimetype) and mimetype != "application/json" and not mimetype.endswith("+json")
+    )
+    if wrong_type and not optional:
         raise ValidationError(f"Content-Type must be application/json, not {mimetype[:100]}")
     limit = config.limits.request_body_bytes
     declared = request.content_length
@@ -282,7 +354,11 @@ def read_json_object(config: Config) -> dict[str, Any]:
     if len(raw) > limit:
         raise PayloadTooLarge()
     if not raw.strip():
+        if optional:
+            return {}
         raise ValidationError("request body: must be a JSON object")
+    if wrong_type:
+        raise ValidationError(f"Content-Type must be application/json, not {mimetype[:100]}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -13,7 +13,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from saga.model import SagaStatus
+from saga.model import (
+    GRPC_CODE_NAMES,
+    Backoff,
+    OnCompensationFailure,
+    OnFailure,
+    ResumeAction,
+    SagaStatus,
+)
 from saga_http.codes import ERROR_CODES
 from workers.adapters.auth import PUBLIC, ROLES_FOR
 from workers.config import Config
@@ -82,6 +89,7 @@ def _example_workflow(config: Config) -> str:
 def _schemas(config: Config) -> dict[str, Any]:
     limits = config.limits
     statuses = [s.value for s in SagaStatus]
+    resume_actions = [a.value for a in ResumeAction]
     return {
         "Timestamp": {
             "type": "string",
@@ -161,6 +169,23 @@ def _schemas(config: Config) -> dict[str, Any]:
                 "completed_at": _nullable(_ref("Timestamp")),
             }
         ),
+        "OperatorAction": _closed(
+            {
+                "action": {"type": "string", "enum": ["pause", "resume", "cancel"]},
+                "resume_action": {
+                    "type": ["string", "null"],
+                    "enum": [*resume_actions, None],
+                    "description": "the action a resume took (its default resolved); null "
+                    "for a pause or cancel",
+                },
+                "payload_replaced": {"type": "boolean"},
+                "by": {
+                    "type": ["string", "null"],
+                    "description": "the bearer token's sub; null when the API is open",
+                },
+                "at": _ref("Timestamp"),
+            }
+        ),
         "SagaDetail": _closed(
             {
                 "saga": _ref("Saga"),
@@ -168,6 +193,11 @@ def _schemas(config: Config) -> dict[str, Any]:
                     "type": "array",
                     "items": _ref("StepLog"),
                     "description": "in time order",
+                },
+                "operator_actions": {
+                    "type": "array",
+                    "items": _ref("OperatorAction"),
+                    "description": "every pause, resume and cancel asked for, oldest first",
                 },
             }
         ),
@@ -204,6 +234,112 @@ def _schemas(config: Config) -> dict[str, Any]:
             {
                 "success": {"const": True},
                 "message": {"type": "string", "description": "saga <id> cancelled"},
+            }
+        ),
+        "PauseSagaResponse": _closed(
+            {
+                "success": {"const": True},
+                "message": {"type": "string", "description": "saga <id> pause requested"},
+            }
+        ),
+        "ResumeSagaRequest": {
+            "type": "object",
+            "description": (
+                "optional: no body (or {}) takes the default action and keeps the payload; "
+                "a field other than these two is a 400"
+            ),
+            "properties": {
+                "action": {
+                    "type": ["string", "null"],
+                    "enum": [*resume_actions, None],
+                    "description": (
+                        "retry: run the failed step or compensation again; continue: go on "
+                        "where it stopped; skip: log the failed step or compensation SKIPPED "
+                        "and go on; compensate (forward phase only): compensate now, the saga "
+                        "ends FAILED. Default (absent or null): retry after a failure, "
+                        "continue after a pause request. One that does not fit the saga is a 409"
+                    ),
+                },
+                "payload": {
+                    "oneOf": [_ref("Payload"), {"type": "null"}],
+                    "description": (
+                        "replaces the saga's payload first (forward phase only, else a 409); "
+                        "absent or null: kept"
+                    ),
+                },
+            },
+            "additionalProperties": False,
+        },
+        "ResumeSagaResponse": _closed(
+            {
+                "success": {"const": True},
+                "status": {
+                    "type": "string",
+                    "enum": ["RUNNING", "COMPENSATING"],
+                    "description": "the saga's status now",
+                },
+                "message": {"type": "string"},
+            }
+        ),
+        "RetryPolicy": _closed(
+            {
+                "max_attempts": {"type": "integer", "minimum": 1},
+                "backoff": {"type": "string", "enum": [b.value for b in Backoff]},
+                "initial_interval_ms": {"type": "integer", "minimum": 0},
+                "max_interval_ms": {"type": ["integer", "null"], "minimum": 1},
+                "jitter": {"type": "boolean"},
+                "non_retryable_codes": {
+                    "type": "array",
+                    "items": {"type": "string", "enum": sorted(GRPC_CODE_NAMES)},
+                },
+            }
+        ),
+        "WorkflowStep": _closed(
+            {
+                "name": {"type": "string"},
+                "service": {"type": "string"},
+                "method": {"type": "string"},
+                "compensate": {"type": ["string", "null"]},
+                "timeout_secs": {"type": "number", "exclusiveMinimum": 0},
+                "retry": _ref("RetryPolicy"),
+                "input": {"type": ["string", "null"], "description": "JMESPath (SPEC §10)"},
+                "when": {"type": ["string", "null"], "description": "JMESPath (SPEC §10)"},
+                "compensate_input": {
+                    "type": ["string", "null"],
+                    "description": "JMESPath (SPEC §10)",
+                },
+                "on_failure": {
+                    "type": ["string", "null"],
+                    "enum": [*(c.value for c in OnFailure), None],
+                    "description": "null: the workflow's",
+                },
+                "on_compensation_failure": {
+                    "type": ["string", "null"],
+                    "enum": [*(c.value for c in OnCompensationFailure), None],
+                    "description": "null: the workflow's",
+                },
+            }
+        ),
+        "Workflow": _closed(
+            {
+                "name": {"type": "string"},
+                "version": {"type": "integer", "minimum": 1},
+                "steps": {"type": "array", "items": _ref("WorkflowStep"), "minItems": 1},
+                "on_failure": {"type": "string", "enum": [c.value for c in OnFailure]},
+                "on_compensation_failure": {
+                    "type": "string",
+                    "enum": [c.value for c in OnCompensationFailure],
+                },
+                "deadline_secs": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                "workflow_yaml": {
+                    "type": "string",
+                    "contentMediaType": "application/yaml",
+                    "description": (
+                        "this definition as a workflow document, every default written out "
+                        "(the server keeps the parsed definition, not the registered text); "
+                        "registering it again gives the same definition as a new version"
+                    ),
+                },
             }
         ),
         "RegisterWorkflowRequest": {
@@ -320,6 +456,7 @@ def _operation(
     errors: tuple[str, ...] = ("500",),
     parameters: list[dict[str, Any]] | None = None,
     body: str | None = None,
+    body_required: bool = True,
     tag: str = "sagas",
 ) -> dict[str, Any]:
     operation: dict[str, Any] = {
@@ -332,7 +469,10 @@ def _operation(
     for status in errors:
         operation["responses"][status] = {"$ref": f"#/components/responses/Error{status}"}
     if body is not None:
-        operation["requestBody"] = {"required": True, "content": _json_content(_ref(body))}
+        operation["requestBody"] = {
+            "required": body_required,
+            "content": _json_content(_ref(body)),
+        }
     return operation
 
 
@@ -419,10 +559,33 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/api/v1/sagas/{saga_id}/cancel": {
-            "post": cancel("cancelSaga", "Cancel a STARTED or RUNNING saga")
+            "post": cancel(
+                "cancelSaga", "Cancel a STARTED or RUNNING saga, or one PAUSED before compensating"
+            )
         },
         "/api/v1/sagas/{saga_id}/compensate": {
             "post": cancel("compensateSaga", "Alias of /cancel")
+        },
+        "/api/v1/sagas/{saga_id}/pause": {
+            "post": _operation(
+                "pauseSaga",
+                "Pause a STARTED, RUNNING or COMPENSATING saga at its next step boundary",
+                {"200": _response("pause requested", _ref("PauseSagaResponse"))},
+                errors=("400", "404", "409", "500"),
+                parameters=[saga_id],
+            )
+        },
+        "/api/v1/sagas/{saga_id}/resume": {
+            "post": _operation(
+                "resumeSaga",
+                "Resume a PAUSED saga: retry, continue, skip or compensate, optionally with a "
+                "replaced payload",
+                {"200": _response("resumed", _ref("ResumeSagaResponse"))},
+                errors=("400", "404", "409", "413", "500"),
+                parameters=[saga_id],
+                body="ResumeSagaRequest",
+                body_required=False,
+            )
         },
         "/api/v1/workflows": {
             "post": _operation(
@@ -439,6 +602,19 @@ def _paths() -> dict[str, Any]:
                 {"200": _response("workflows", _ref("WorkflowList"))},
                 tag="workflows",
             ),
+        },
+        "/api/v1/workflows/{name}": {
+            "get": _operation(
+                "getWorkflow",
+                "One workflow's definition: the latest version, or ?version=N",
+                {"200": _response("the definition", _ref("Workflow"))},
+                errors=("400", "404", "500"),
+                parameters=[
+                    {"$ref": "#/components/parameters/WorkflowNamePath"},
+                    {"$ref": "#/components/parameters/Version"},
+                ],
+                tag="workflows",
+            )
         },
         "/api/v1/stats": {
             "get": _operation(
@@ -478,8 +654,7 @@ def _secure(paths: dict[str, Any], config: Config) -> None:
 
     bearer = [{"bearerAuth": []}] if config.auth is not None else [{}, {"bearerAuth": []}]
     for route in ROUTES:
-        path = route.rule.replace("<", "{").replace(">", "}")
-        operation = paths[path][route.method.lower()]
+        operation = paths[route.template][route.method.lower()]
         if route.access == PUBLIC:
             operation["security"] = []
             continue
@@ -564,6 +739,18 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     "description": "a UUID (anything else is a 400)",
                     "schema": {"type": "string", "format": "uuid"},
                 },
+                "WorkflowNamePath": {
+                    "name": "name",
+                    "in": "path",
+                    "required": True,
+                    "description": "a workflow name (URL-encoded; it may hold a /)",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                },
+                "Version": _query(
+                    "version",
+                    {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+                    "that version (default: the latest); an unknown one is a 404",
+                ),
                 "Page": _query(
                     "page",
                     {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1},

@@ -5,6 +5,7 @@ validating against the document's own schemas."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -55,7 +56,30 @@ steps:
     timeout_secs: 10
     retry: {max_attempts: 1}
 """
+PAUSING_YAML = """\
+name: doc-pausing
+on_failure: pause
+deadline_secs: 600
+steps:
+  - name: reserve
+    service: shop
+    method: Shop.Reserve
+    compensate: Shop.Release
+    timeout_secs: 5
+    retry: {max_attempts: 1}
+  - name: wait
+    service: shop
+    method: Slow.Wait
+    timeout_secs: 10
+    retry: {max_attempts: 1}
+  - name: decline
+    service: shop
+    method: Shop.Decline
+    timeout_secs: 5
+    retry: {max_attempts: 1}
+"""
 BEHAVIOUR = {
+    "Shop.Decline": {"fail": "FAILED_PRECONDITION", "message": "declined"},
     "Shop.Charge": {
         "fail_if_payload": {"field": "card", "equals": "declined"},
         "fail": "FAILED_PRECONDITION",
@@ -121,13 +145,16 @@ class Recorder:
         return response
 
     def wait_terminal(self, saga_id: str) -> None:
+        self.wait_status(saga_id, "COMPLETED", "FAILED", "CANCELLED")
+
+    def wait_status(self, saga_id: str, *statuses: str) -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             status = requests.get(f"{self.base}/api/v1/sagas/{saga_id}", timeout=10).json()
-            if status["saga"]["status"] in ("COMPLETED", "FAILED", "CANCELLED"):
+            if status["saga"]["status"] in statuses:
                 return
             time.sleep(0.05)
-        raise AssertionError(f"saga {saga_id} did not end in time")
+        raise AssertionError(f"saga {saga_id} did not reach {statuses} in time")
 
 
 class _BrokenStore(MemoryStore):
@@ -172,6 +199,7 @@ def exchanges(app: Flask, config: Config) -> list[Exchange]:
         r.call("GET", "/api/v1/openapi.json")
         r.call("POST", "/api/v1/workflows", json={"workflow_yaml": WORKFLOW_YAML})
         r.call("POST", "/api/v1/workflows", json={"workflow_yaml": SLOW_YAML})
+        r.call("POST", "/api/v1/workflows", json={"workflow_yaml": PAUSING_YAML})
         r.call("POST", "/api/v1/workflows", json={"workflow_yaml": "steps: ["})
         r.call("POST", "/api/v1/workflows", data=b"{" * (2 * 1024 * 1024))
         r.call("GET", "/api/v1/workflows")
@@ -204,6 +232,35 @@ def exchanges(app: Flask, config: Config) -> list[Exchange]:
             r.call("POST", f"{sagas}/{uuid.uuid4()}/{action}", template)
             r.call("POST", f"{sagas}/bad-id/{action}", template)
             r.wait_terminal(slow)
+        named = "/api/v1/workflows/{name}"
+        r.call("GET", "/api/v1/workflows/doc-pausing", named)
+        r.call("GET", "/api/v1/workflows/doc-order?version=1", named)
+        r.call("GET", "/api/v1/workflows/doc-order?version=7", named)
+        r.call("GET", "/api/v1/workflows/doc-order?version=0", named)
+        r.call("GET", "/api/v1/workflows/doc-order?page=1", named)
+        r.call("GET", "/api/v1/workflows/no-such-workflow", named)
+        # Pause a running saga at its next boundary, then resume it with no body (continue).
+        pause, resume = f"{one}/pause", f"{one}/resume"
+        paused = r.call("POST", sagas, json={"workflow_name": "doc-pausing"}).json()["saga_id"]
+        r.wait_status(paused, "RUNNING")
+        r.call("POST", f"{sagas}/{paused}/pause", pause)
+        r.wait_status(paused, "PAUSED")
+        r.call("POST", f"{sagas}/{paused}/pause", pause)  # 409: already PAUSED
+        r.call("POST", f"{sagas}/{paused}/resume", resume, json={"action": "later"})  # 400
+        r.call("POST", f"{sagas}/{paused}/resume", resume, json={"action": "retry"})  # 409
+        r.call("POST", f"{sagas}/{paused}/resume", resume)
+        # The last step fails and pauses it (on_failure: pause); compensate it from there.
+        r.wait_status(paused, "PAUSED")
+        r.call("POST", f"{sagas}/{paused}/resume", resume, json={"action": "compensate"})
+        r.wait_terminal(paused)
+        r.call("GET", f"{sagas}/{paused}", one)
+        r.call("POST", f"{sagas}/{paused}/resume", resume)  # 409: FAILED
+        r.call("POST", f"{sagas}/{done}/pause", pause)  # 409: COMPLETED
+        r.call("POST", f"{sagas}/{uuid.uuid4()}/pause", pause)
+        r.call("POST", f"{sagas}/{uuid.uuid4()}/resume", resume)
+        r.call("POST", f"{sagas}/bad-id/pause", pause)
+        r.call("POST", f"{sagas}/bad-id/resume", resume)
+        r.call("POST", f"{sagas}/{done}/resume", resume, data=b"{" * (2 * 1024 * 1024))
         r.call("GET", "/nowhere", "<unmatched>")
         r.call("PATCH", sagas, "<unmatched>")
         b = Recorder(broken.base)
@@ -221,7 +278,7 @@ def _flask_routes(app: Flask) -> set[tuple[str, str]]:
     for rule in app.url_map.iter_rules():
         if rule.endpoint.startswith(f"{CONSOLE_BLUEPRINT}."):
             continue
-        path = rule.rule.replace("<", "{").replace(">", "}")
+        path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
         for method in rule.methods or ():
             if method not in ("HEAD", "OPTIONS"):
                 routes.add((path, method.lower()))

@@ -53,6 +53,8 @@ def test_generated_code_imports_as_a_package() -> None:
         "CompensateSaga",
         "RegisterWorkflow",
         "ListWorkflows",
+        "PauseSaga",
+        "ResumeSaga",
     ]
     assert hasattr(saga_pb2_grpc, "SagaServiceStub")
     assert hasattr(saga_pb2_grpc, "add_SagaServiceServicer_to_server")
@@ -118,9 +120,17 @@ _CONTRACT: dict[str, list[tuple[str, int, str, bool]]] = {
         ("status", 2, "string", False),
     ],
     "k1s0.system.saga.v1.GetSagaRequest": [("saga_id", 1, "string", False)],
+    "k1s0.system.saga.v1.OperatorActionProto": [
+        ("action", 1, "string", False),
+        ("resume_action", 2, "string", False),
+        ("payload_replaced", 3, "bool", False),
+        ("by", 4, "string", False),
+        ("at", 5, ".k1s0.system.common.v1.Timestamp", False),
+    ],
     "k1s0.system.saga.v1.GetSagaResponse": [
         ("saga", 1, ".k1s0.system.saga.v1.SagaStateProto", False),
         ("step_logs", 2, ".k1s0.system.saga.v1.SagaStepLogProto", True),
+        ("operator_actions", 3, ".k1s0.system.saga.v1.OperatorActionProto", True),
     ],
     "k1s0.system.saga.v1.ListSagasRequest": [
         ("pagination", 1, ".k1s0.system.common.v1.Pagination", False),
@@ -152,6 +162,21 @@ _CONTRACT: dict[str, list[tuple[str, int, str, bool]]] = {
     "k1s0.system.saga.v1.ListWorkflowsRequest": [],
     "k1s0.system.saga.v1.ListWorkflowsResponse": [
         ("workflows", 1, ".k1s0.system.saga.v1.WorkflowSummary", True),
+    ],
+    "k1s0.system.saga.v1.PauseSagaRequest": [("saga_id", 1, "string", False)],
+    "k1s0.system.saga.v1.PauseSagaResponse": [
+        ("success", 1, "bool", False),
+        ("message", 2, "string", False),
+    ],
+    "k1s0.system.saga.v1.ResumeSagaRequest": [
+        ("saga_id", 1, "string", False),
+        ("action", 2, "string", False),
+        ("payload", 3, "bytes", False),
+    ],
+    "k1s0.system.saga.v1.ResumeSagaResponse": [
+        ("success", 1, "bool", False),
+        ("status", 2, "string", False),
+        ("message", 3, "string", False),
     ],
 }
 

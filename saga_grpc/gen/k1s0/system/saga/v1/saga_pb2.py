@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from saga_grpc.gen.k1s0.system.common.v1 import types_pb2 as k1s0_dot_system_dot_common_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ek1s0/system/saga/v1/saga.proto\x12\x13k1s0.system.saga.v1\x1a!k1s0/system/common/v1/types.proto\"\xe2\x02\n\x0eSagaStateProto\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rworkflow_name\x18\x02 \x01(\t\x12\x14\n\x0c\x63urrent_step\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x14\n\x07payload\x18\x05 \x01(\x0cH\x00\x88\x01\x01\x12\x16\n\x0e\x63orrelation_id\x18\x06 \x01(\t\x12\x14\n\x0cinitiated_by\x18\x07 \x01(\t\x12\x15\n\rerror_message\x18\x08 \x01(\t\x12\x34\n\ncreated_at\x18\t \x01(\x0b\x32 .k1s0.system.common.v1.Timestamp\x12\x34\n\nupdated_at\x18\n \x01(\x0b\x32 .k1s0.system.common.v1.Timestamp\x12\x34\n\x0bstatus_enum\x18\x0b \x01(\x0e\x32\x1f.k1s0.system.saga.v1.SagaStatusB\n\n\x08_payload\"\xd5\x03\n\x10SagaStepLogProto\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07saga_id\x18\x02 \x01(\t\x12\x12\n\nstep_index\x18\x03 \x01(\x05\x12\x11\n\tstep_name\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x1c\n\x0frequest_payload\x18\x07 \x01(\x0cH\x00\x88\x01\x01\x12\x1d\n\x10response_payload\x18\x08 \x01(\x0cH\x01\x88\x01\x01\x12\x15\n\rerror_message\x18\t \x01(\t\x12\x34\n\nstarted_at\x18\n \x01(\x0b\x32 .k1s0.system.common.v1.Timestamp\x12\x36\n\x0c\x63ompleted_at\x18\x0b \x01(\x0b\x32 .k1s0.system.common.v1.Timestamp\x12\x38\n\x0b\x61\x63tion_enum\x18\x0c \x01(\x0e\x32#.k1s0.system.saga.v1.SagaStepAction\x12\x38\n\x0bstatus_enum\x18\r \x01(\x0e\x32#.k1s0.system.saga.v1.SagaStepStatusB\x12\n\x10_request_payloadB\x13\n\x11_response_payload\"G\n\x0fWorkflowSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nstep_count\x18\x02 \x01(\x05\x12\x12\n\nstep_names\x18\x03 \x03(\t\"y\n\x10StartSagaRequest\x12\x15\n\rworkflow_name\x18\x01 \x01(\t\x12\x14\n\x07payload\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x12\x16\n\x0e\x63orrelation_id\x18\x03 \x01(\t\x12\x14\n\x0cinitiated_by\x18\x04 \x01(\tB\n\n\x08_payload\"4\n\x11StartSagaResponse\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\"!\n\x0eGetSagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"~\n\x0fGetSagaResponse\x12\x31\n\x04saga\x18\x01 \x01(\x0b\x32#.k1s0.system.saga.v1.SagaStateProto\x12\x38\n\tstep_logs\x18\x02 \x03(\x0b\x32%.k1s0.system.saga.v1.SagaStepLogProto\"\x88\x01\n\x10ListSagasRequest\x12\x35\n\npagination\x18\x01 \x01(\x0b\x32!.k1s0.system.common.v1.Pagination\x12\x15\n\rworkflow_name\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x04 \x01(\t\"\x84\x01\n\x11ListSagasResponse\x12\x32\n\x05sagas\x18\x01 \x03(\x0b\x32#.k1s0.system.saga.v1.SagaStateProto\x12;\n\npagination\x18\x02 \x01(\x0b\x32\'.k1s0.system.common.v1.PaginationResult\"$\n\x11\x43\x61ncelSagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"6\n\x12\x43\x61ncelSagaResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"(\n\x15\x43ompensateSagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"[\n\x16\x43ompensateSagaResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0f\n\x07saga_id\x18\x04 \x01(\t\"0\n\x17RegisterWorkflowRequest\x12\x15\n\rworkflow_yaml\x18\x01 \x01(\t\"<\n\x18RegisterWorkflowResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nstep_count\x18\x02 \x01(\x05\"\x16\n\x14ListWorkflowsRequest\"P\n\x15ListWorkflowsResponse\x12\x37\n\tworkflows\x18\x01 \x03(\x0b\x32$.k1s0.system.saga.v1.WorkflowSummary*\xb0\x01\n\nSagaStatus\x12\x1b\n\x17SAGA_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13SAGA_STATUS_RUNNING\x10\x01\x12\x19\n\x15SAGA_STATUS_COMPLETED\x10\x02\x12\x16\n\x12SAGA_STATUS_FAILED\x10\x03\x12\x1c\n\x18SAGA_STATUS_COMPENSATING\x10\x04\x12\x1b\n\x17SAGA_STATUS_COMPENSATED\x10\x05*q\n\x0eSagaStepAction\x12 \n\x1cSAGA_STEP_ACTION_UNSPECIFIED\x10\x00\x12\x1c\n\x18SAGA_STEP_ACTION_EXECUTE\x10\x01\x12\x1f\n\x1bSAGA_STEP_ACTION_COMPENSATE\x10\x02*\xa9\x01\n\x0eSagaStepStatus\x12 \n\x1cSAGA_STEP_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18SAGA_STEP_STATUS_SUCCESS\x10\x01\x12\x1b\n\x17SAGA_STEP_STATUS_FAILED\x10\x02\x12\x1c\n\x18SAGA_STEP_STATUS_TIMEOUT\x10\x03\x12\x1c\n\x18SAGA_STEP_STATUS_SKIPPED\x10\x04\x32\xbe\x05\n\x0bSagaService\x12Z\n\tStartSaga\x12%.k1s0.system.saga.v1.StartSagaRequest\x1a&.k1s0.system.saga.v1.StartSagaResponse\x12T\n\x07GetSaga\x12#.k1s0.system.saga.v1.GetSagaRequest\x1a$.k1s0.system.saga.v1.GetSagaResponse\x12Z\n\tListSagas\x12%.k1s0.system.saga.v1.ListSagasRequest\x1a&.k1s0.system.saga.v1.ListSagasResponse\x12]\n\nCancelSaga\x12&.k1s0.system.saga.v1.CancelSagaRequest\x1a\'.k1s0.system.saga.v1.CancelSagaResponse\x12i\n\x0e\x43ompensateSaga\x12*.k1s0.system.saga.v1.CompensateSagaRequest\x1a+.k1s0.system.saga.v1.CompensateSagaResponse\x12o\n\x10RegisterWorkflow\x12,.k1s0.system.saga.v1.RegisterWorkflowRequest\x1a-.k1s0.system.saga.v1.RegisterWorkflowResponse\x12\x66\n\rListWorkflows\x12).k1s0.system.saga.v1.ListWorkflowsRequest\x1a*.k1s0.system.saga.v1.ListWorkflowsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ek1s0/system/saga/v1/saga.proto\x12\x13k1s0.system.saga.v1\x1a!k1s0/system/common/v1/types.proto\"\xe2\x02\n\x0eSagaStateProto\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rworkflow_name\x18\x02 \x01(\t\x12\x14\n\x0c\x63urrent_step\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x14\n\x07payload\x18\x05 \x01(\x0cH\x00\x88\x01\x01\x12\x16\n\x0e\x63orrelation_id\x18\x06 \x01(\t\x12\x14\n\x0cinitiated_by\x18\x07 \x01(\t\x12\x15\n\rerror_message\x18\x08 \x01(\t\x12\x34\n\ncreated_at\x18\t \x01(\x0b\x32 .k1s0.system.common.v1.Timestamp\x12\x34\n\nupdated_at\x18\n \x01(\x0b\x32 .k1s0.system.common.v1.Timestamp\x12\x34\n\x0bstatus_enum\x18\x0b \x01(\x0e\x32\x1f.k1s0.system.saga.v1.SagaStatusB\n\n\x08_payload\"\xd5\x03\n\x10SagaStepLogProto\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07saga_id\x18\x02 \x01(\t\x12\x12\n\nstep_index\x18\x03 \x01(\x05\x12\x11\n\tstep_name\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x1c\n\x0frequest_payload\x18\x07 \x01(\x0cH\x00\x88\x01\x01\x12\x1d\n\x10response_payload\x18\x08 \x01(\x0cH\x01\x88\x01\x01\x12\x15\n\rerror_message\x18\t \x01(\t\x12\x34\n\nstarted_at\x18\n \x01(\x0b\x32 .k1s0.system.common.v1.Timestamp\x12\x36\n\x0c\x63ompleted_at\x18\x0b \x01(\x0b\x32 .k1s0.system.common.v1.Timestamp\x12\x38\n\x0b\x61\x63tion_enum\x18\x0c \x01(\x0e\x32#.k1s0.system.saga.v1.SagaStepAction\x12\x38\n\x0bstatus_enum\x18\r \x01(\x0e\x32#.k1s0.system.saga.v1.SagaStepStatusB\x12\n\x10_request_payloadB\x13\n\x11_response_payload\"G\n\x0fWorkflowSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nstep_count\x18\x02 \x01(\x05\x12\x12\n\nstep_names\x18\x03 \x03(\t\"y\n\x10StartSagaRequest\x12\x15\n\rworkflow_name\x18\x01 \x01(\t\x12\x14\n\x07payload\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x12\x16\n\x0e\x63orrelation_id\x18\x03 \x01(\t\x12\x14\n\x0cinitiated_by\x18\x04 \x01(\tB\n\n\x08_payload\"4\n\x11StartSagaResponse\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\"!\n\x0eGetSagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"\x90\x01\n\x13OperatorActionProto\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x15\n\rresume_action\x18\x02 \x01(\t\x12\x18\n\x10payload_replaced\x18\x03 \x01(\x08\x12\n\n\x02\x62y\x18\x04 \x01(\t\x12,\n\x02\x61t\x18\x05 \x01(\x0b\x32 .k1s0.system.common.v1.Timestamp\"\xc2\x01\n\x0fGetSagaResponse\x12\x31\n\x04saga\x18\x01 \x01(\x0b\x32#.k1s0.system.saga.v1.SagaStateProto\x12\x38\n\tstep_logs\x18\x02 \x03(\x0b\x32%.k1s0.system.saga.v1.SagaStepLogProto\x12\x42\n\x10operator_actions\x18\x03 \x03(\x0b\x32(.k1s0.system.saga.v1.OperatorActionProto\"\x88\x01\n\x10ListSagasRequest\x12\x35\n\npagination\x18\x01 \x01(\x0b\x32!.k1s0.system.common.v1.Pagination\x12\x15\n\rworkflow_name\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x04 \x01(\t\"\x84\x01\n\x11ListSagasResponse\x12\x32\n\x05sagas\x18\x01 \x03(\x0b\x32#.k1s0.system.saga.v1.SagaStateProto\x12;\n\npagination\x18\x02 \x01(\x0b\x32\'.k1s0.system.common.v1.PaginationResult\"$\n\x11\x43\x61ncelSagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"6\n\x12\x43\x61ncelSagaResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"(\n\x15\x43ompensateSagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"[\n\x16\x43ompensateSagaResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0f\n\x07saga_id\x18\x04 \x01(\t\"0\n\x17RegisterWorkflowRequest\x12\x15\n\rworkflow_yaml\x18\x01 \x01(\t\"<\n\x18RegisterWorkflowResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nstep_count\x18\x02 \x01(\x05\"\x16\n\x14ListWorkflowsRequest\"P\n\x15ListWorkflowsResponse\x12\x37\n\tworkflows\x18\x01 \x03(\x0b\x32$.k1s0.system.saga.v1.WorkflowSummary\"#\n\x10PauseSagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"5\n\x11PauseSagaResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"E\n\x11ResumeSagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\"F\n\x12ResumeSagaResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t*\xb0\x01\n\nSagaStatus\x12\x1b\n\x17SAGA_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13SAGA_STATUS_RUNNING\x10\x01\x12\x19\n\x15SAGA_STATUS_COMPLETED\x10\x02\x12\x16\n\x12SAGA_STATUS_FAILED\x10\x03\x12\x1c\n\x18SAGA_STATUS_COMPENSATING\x10\x04\x12\x1b\n\x17SAGA_STATUS_COMPENSATED\x10\x05*q\n\x0eSagaStepAction\x12 \n\x1cSAGA_STEP_ACTION_UNSPECIFIED\x10\x00\x12\x1c\n\x18SAGA_STEP_ACTION_EXECUTE\x10\x01\x12\x1f\n\x1bSAGA_STEP_ACTION_COMPENSATE\x10\x02*\xa9\x01\n\x0eSagaStepStatus\x12 \n\x1cSAGA_STEP_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18SAGA_STEP_STATUS_SUCCESS\x10\x01\x12\x1b\n\x17SAGA_STEP_STATUS_FAILED\x10\x02\x12\x1c\n\x18SAGA_STEP_STATUS_TIMEOUT\x10\x03\x12\x1c\n\x18SAGA_STEP_STATUS_SKIPPED\x10\x04\x32\xf9\x06\n\x0bSagaService\x12Z\n\tStartSaga\x12%.k1s0.system.saga.v1.StartSagaRequest\x1a&.k1s0.system.saga.v1.StartSagaResponse\x12T\n\x07GetSaga\x12#.k1s0.system.saga.v1.GetSagaRequest\x1a$.k1s0.system.saga.v1.GetSagaResponse\x12Z\n\tListSagas\x12%.k1s0.system.saga.v1.ListSagasRequest\x1a&.k1s0.system.saga.v1.ListSagasResponse\x12]\n\nCancelSaga\x12&.k1s0.system.saga.v1.CancelSagaRequest\x1a\'.k1s0.system.saga.v1.CancelSagaResponse\x12i\n\x0e\x43ompensateSaga\x12*.k1s0.system.saga.v1.CompensateSagaRequest\x1a+.k1s0.system.saga.v1.CompensateSagaResponse\x12o\n\x10RegisterWorkflow\x12,.k1s0.system.saga.v1.RegisterWorkflowRequest\x1a-.k1s0.system.saga.v1.RegisterWorkflowResponse\x12\x66\n\rListWorkflows\x12).k1s0.system.saga.v1.ListWorkflowsRequest\x1a*.k1s0.system.saga.v1.ListWorkflowsResponse\x12Z\n\tPauseSaga\x12%.k1s0.system.saga.v1.PauseSagaRequest\x1a&.k1s0.system.saga.v1.PauseSagaResponse\x12]\n\nResumeSaga\x12&.k1s0.system.saga.v1.ResumeSagaRequest\x1a\'.k1s0.system.saga.v1.ResumeSagaResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'k1s0.system.saga.v1.saga_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SAGASTATUS']._serialized_start=2054
-  _globals['_SAGASTATUS']._serialized_end=2230
-  _globals['_SAGASTEPACTION']._serialized_start=2232
-  _globals['_SAGASTEPACTION']._serialized_end=2345
-  _globals['_SAGASTEPSTATUS']._serialized_start=2348
-  _globals['_SAGASTEPSTATUS']._serialized_end=2517
+  _globals['_SAGASTATUS']._serialized_start=2505
+  _globals['_SAGASTATUS']._serialized_end=2681
+  _globals['_SAGASTEPACTION']._serialized_start=2683
+  _globals['_SAGASTEPACTION']._serialized_end=2796
+  _globals['_SAGASTEPSTATUS']._serialized_start=2799
+  _globals['_SAGASTEPSTATUS']._serialized_end=2968
   _globals['_SAGASTATEPROTO']._serialized_start=91
   _globals['_SAGASTATEPROTO']._serialized_end=445
   _globals['_SAGASTEPLOGPROTO']._serialized_start=448
@@ -50,28 +50,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STARTSAGARESPONSE']._serialized_end=1167
   _globals['_GETSAGAREQUEST']._serialized_start=1169
   _globals['_GETSAGAREQUEST']._serialized_end=1202
-  _globals['_GETSAGARESPONSE']._serialized_start=1204
-  _globals['_GETSAGARESPONSE']._serialized_end=1330
-  _globals['_LISTSAGASREQUEST']._serialized_start=1333
-  _globals['_LISTSAGASREQUEST']._serialized_end=1469
-  _globals['_LISTSAGASRESPONSE']._serialized_start=1472
-  _globals['_LISTSAGASRESPONSE']._serialized_end=1604
-  _globals['_CANCELSAGAREQUEST']._serialized_start=1606
-  _globals['_CANCELSAGAREQUEST']._serialized_end=1642
-  _globals['_CANCELSAGARESPONSE']._serialized_start=1644
-  _globals['_CANCELSAGARESPONSE']._serialized_end=1698
-  _globals['_COMPENSATESAGAREQUEST']._serialized_start=1700
-  _globals['_COMPENSATESAGAREQUEST']._serialized_end=1740
-  _globals['_COMPENSATESAGARESPONSE']._serialized_start=1742
-  _globals['_COMPENSATESAGARESPONSE']._serialized_end=1833
-  _globals['_REGISTERWORKFLOWREQUEST']._serialized_start=1835
-  _globals['_REGISTERWORKFLOWREQUEST']._serialized_end=1883
-  _globals['_REGISTERWORKFLOWRESPONSE']._serialized_start=1885
-  _globals['_REGISTERWORKFLOWRESPONSE']._serialized_end=1945
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=1947
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=1969
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=1971
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=2051
-  _globals['_SAGASERVICE']._serialized_start=2520
-  _globals['_SAGASERVICE']._serialized_end=3222
+  _globals['_OPERATORACTIONPROTO']._serialized_start=1205
+  _globals['_OPERATORACTIONPROTO']._serialized_end=1349
+  _globals['_GETSAGARESPONSE']._serialized_start=1352
+  _globals['_GETSAGARESPONSE']._serialized_end=1546
+  _globals['_LISTSAGASREQUEST']._serialized_start=1549
+  _globals['_LISTSAGASREQUEST']._serialized_end=1685
+  _globals['_LISTSAGASRESPONSE']._serialized_start=1688
+  _globals['_LISTSAGASRESPONSE']._serialized_end=1820
+  _globals['_CANCELSAGAREQUEST']._serialized_start=1822
+  _globals['_CANCELSAGAREQUEST']._serialized_end=1858
+  _globals['_CANCELSAGARESPONSE']._serialized_start=1860
+  _globals['_CANCELSAGARESPONSE']._serialized_end=1914
+  _globals['_COMPENSATESAGAREQUEST']._serialized_start=1916
+  _globals['_COMPENSATESAGAREQUEST']._serialized_end=1956
+  _globals['_COMPENSATESAGARESPONSE']._serialized_start=1958
+  _globals['_COMPENSATESAGARESPONSE']._serialized_end=2049
+  _globals['_REGISTERWORKFLOWREQUEST']._serialized_start=2051
+  _globals['_REGISTERWORKFLOWREQUEST']._serialized_end=2099
+  _globals['_REGISTERWORKFLOWRESPONSE']._serialized_start=2101
+  _globals['_REGISTERWORKFLOWRESPONSE']._serialized_end=2161
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=2163
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=2185
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=2187
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=2267
+  _globals['_PAUSESAGAREQUEST']._serialized_start=2269
+  _globals['_PAUSESAGAREQUEST']._serialized_end=2304
+  _globals['_PAUSESAGARESPONSE']._serialized_start=2306
+  _globals['_PAUSESAGARESPONSE']._serialized_end=2359
+  _globals['_RESUMESAGAREQUEST']._serialized_start=2361
+  _globals['_RESUMESAGAREQUEST']._serialized_end=2430
+  _globals['_RESUMESAGARESPONSE']._serialized_start=2432
+  _globals['_RESUMESAGARESPONSE']._serialized_end=2502
+  _globals['_SAGASERVICE']._serialized_start=2971
+  _globals['_SAGASERVICE']._serialized_end=3860
 # @@protoc_insertion_point(module_scope)

@@ -137,13 +137,29 @@ class GetSagaRequest(_message.Message):
     saga_id: str
     def __init__(self, saga_id: _Optional[str] = ...) -> None: ...
 
+class OperatorActionProto(_message.Message):
+    __slots__ = ("action", "resume_action", "payload_replaced", "by", "at")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    RESUME_ACTION_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_REPLACED_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    action: str
+    resume_action: str
+    payload_replaced: bool
+    by: str
+    at: _types_pb2.Timestamp
+    def __init__(self, action: _Optional[str] = ..., resume_action: _Optional[str] = ..., payload_replaced: _Optional[bool] = ..., by: _Optional[str] = ..., at: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class GetSagaResponse(_message.Message):
-    __slots__ = ("saga", "step_logs")
+    __slots__ = ("saga", "step_logs", "operator_actions")
     SAGA_FIELD_NUMBER: _ClassVar[int]
     STEP_LOGS_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_ACTIONS_FIELD_NUMBER: _ClassVar[int]
     saga: SagaStateProto
     step_logs: _containers.RepeatedCompositeFieldContainer[SagaStepLogProto]
-    def __init__(self, saga: _Optional[_Union[SagaStateProto, _Mapping]] = ..., step_logs: _Optional[_Iterable[_Union[SagaStepLogProto, _Mapping]]] = ...) -> None: ...
+    operator_actions: _containers.RepeatedCompositeFieldContainer[OperatorActionProto]
+    def __init__(self, saga: _Optional[_Union[SagaStateProto, _Mapping]] = ..., step_logs: _Optional[_Iterable[_Union[SagaStepLogProto, _Mapping]]] = ..., operator_actions: _Optional[_Iterable[_Union[OperatorActionProto, _Mapping]]] = ...) -> None: ...
 
 class ListSagasRequest(_message.Message):
     __slots__ = ("pagination", "workflow_name", "status", "correlation_id")
@@ -220,3 +236,37 @@ class ListWorkflowsResponse(_message.Message):
     WORKFLOWS_FIELD_NUMBER: _ClassVar[int]
     workflows: _containers.RepeatedCompositeFieldContainer[WorkflowSummary]
     def __init__(self, workflows: _Optional[_Iterable[_Union[WorkflowSummary, _Mapping]]] = ...) -> None: ...
+
+class PauseSagaRequest(_message.Message):
+    __slots__ = ("saga_id",)
+    SAGA_ID_FIELD_NUMBER: _ClassVar[int]
+    saga_id: str
+    def __init__(self, saga_id: _Optional[str] = ...) -> None: ...
+
+class PauseSagaResponse(_message.Message):
+    __slots__ = ("success", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ResumeSagaRequest(_message.Message):
+    __slots__ = ("saga_id", "action", "payload")
+    SAGA_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    saga_id: str
+    action: str
+    payload: bytes
+    def __init__(self, saga_id: _Optional[str] = ..., action: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class ResumeSagaResponse(_message.Message):
+    __slots__ = ("success", "status", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    status: str
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., status: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class SagaServiceStub:
-    """SagaService starts, inspects and cancels sagas, and registers workflows.
+    """SagaService starts, inspects, cancels, pauses and resumes sagas, and registers workflows.
 
     Payload fields are `optional bytes`: UTF-8 JSON by default, or (with the server's
     `grpc.payload_encoding: struct`) an encoded google.protobuf.Struct, which is what clients
@@ -76,10 +76,20 @@ class SagaServiceStub:
                 request_serializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.ListWorkflowsRequest.SerializeToString,
                 response_deserializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.ListWorkflowsResponse.FromString,
                 _registered_method=True)
+        self.PauseSaga = channel.unary_unary(
+                '/k1s0.system.saga.v1.SagaService/PauseSaga',
+                request_serializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.PauseSagaRequest.SerializeToString,
+                response_deserializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.PauseSagaResponse.FromString,
+                _registered_method=True)
+        self.ResumeSaga = channel.unary_unary(
+                '/k1s0.system.saga.v1.SagaService/ResumeSaga',
+                request_serializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.ResumeSagaRequest.SerializeToString,
+                response_deserializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.ResumeSagaResponse.FromString,
+                _registered_method=True)
 
 
 class SagaServiceServicer:
-    """SagaService starts, inspects and cancels sagas, and registers workflows.
+    """SagaService starts, inspects, cancels, pauses and resumes sagas, and registers workflows.
 
     Payload fields are `optional bytes`: UTF-8 JSON by default, or (with the server's
     `grpc.payload_encoding: struct`) an encoded google.protobuf.Struct, which is what clients
@@ -131,6 +141,20 @@ class SagaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseSaga(self, request, context):
+        """Pause a STARTED, RUNNING or COMPENSATING saga at its next step boundary (SPEC §11).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSaga(self, request, context):
+        """Resume a PAUSED saga with an action and, in the forward phase, a replaced payload.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SagaServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +193,16 @@ def add_SagaServiceServicer_to_server(servicer, server):
                     request_deserializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.ListWorkflowsRequest.FromString,
                     response_serializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.ListWorkflowsResponse.SerializeToString,
             ),
+            'PauseSaga': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSaga,
+                    request_deserializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.PauseSagaRequest.FromString,
+                    response_serializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.PauseSagaResponse.SerializeToString,
+            ),
+            'ResumeSaga': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSaga,
+                    request_deserializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.ResumeSagaRequest.FromString,
+                    response_serializer=k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.ResumeSagaResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'k1s0.system.saga.v1.SagaService', rpc_method_handlers)
@@ -178,7 +212,7 @@ def add_SagaServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SagaService:
-    """SagaService starts, inspects and cancels sagas, and registers workflows.
+    """SagaService starts, inspects, cancels, pauses and resumes sagas, and registers workflows.
 
     Payload fields are `optional bytes`: UTF-8 JSON by default, or (with the server's
     `grpc.payload_encoding: struct`) an encoded google.protobuf.Struct, which is what clients
@@ -366,6 +400,60 @@ class SagaService:
             '/k1s0.system.saga.v1.SagaService/ListWorkflows',
             k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.ListWorkflowsRequest.SerializeToString,
             k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.ListWorkflowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSaga(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/k1s0.system.saga.v1.SagaService/PauseSaga',
+            k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.PauseSagaRequest.SerializeToString,
+            k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.PauseSagaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSaga(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/k1s0.system.saga.v1.SagaService/ResumeSaga',
+            k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.ResumeSagaRequest.SerializeToString,
+            k1s0_dot_system_dot_saga_dot_v1_dot_saga__pb2.ResumeSagaResponse.FromString,
             options,
             channel_credentials,
             insecure,
