@@ -34,6 +34,7 @@ FIGURES = (
     "api",
     "events",
     "profile",
+    "retention",
 )
 
 
@@ -189,6 +190,17 @@ def main(argv: list[str] | None = None) -> int:
                     "api",
                     lambda: _mod("api").api(
                         workdir, part, pg_url, quick=args.quick, results=results
+                    ),
+                )
+                figure(
+                    "retention",
+                    lambda: _mod("retention").retention(
+                        admin_url or "",
+                        workdir,
+                        part,
+                        quick=args.quick,
+                        results=results,
+                        db_suffix=stamp.lower(),
                     ),
                 )
                 if kafka:

@@ -65,7 +65,11 @@ FIGURE_KEYS: dict[str, tuple[str, ...]] = {
     "api": ("api",),
     "events": ("events",),
     "profile": ("profile",),
+    "retention": ("retention",),
 }
+# Figures added after the latest full run: a run is full without them, and they come in from
+# partial runs (`--only`).
+LATER_FIGURES = frozenset({"retention"})
 
 
 def _stamp(path: Path) -> str:
@@ -77,7 +81,9 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _is_full(res: dict[str, Any]) -> bool:
-    return not res.get("quick") and set(FIGURE_KEYS) <= set(res.get("figures_selected", []))
+    return not res.get("quick") and set(FIGURE_KEYS) - LATER_FIGURES <= set(
+        res.get("figures_selected", [])
+    )
 
 
 def runs_to_merge(results_dir: Path) -> tuple[Path, list[Path]]:
@@ -273,6 +279,7 @@ def write(path: Path, overlays: list[Path] | None = None) -> Path:
     _scale(res, w)
     _api(res, w)
     _events(res, w)
+    _retention(res, w)
     if res.get("findings"):
         w("## Findings of the re-measured figures")
         w("")
@@ -716,6 +723,71 @@ def _events(res: dict[str, Any], w: Any) -> None:
             f"{r['consumed']:,} | {r['consumed_distinct']:,} | {r['lost']} | {r['duplicates']} |"
         )
     w("")
+
+
+def _retention(res: dict[str, Any], w: Any) -> None:
+    rt = res.get("retention")
+    if not rt or rt.get("deleted") is None:
+        return
+    b = rt.get("batch_ms") or {}
+    ck = rt.get("check") or {}
+    w(f"## 10. Retention: {rt['old_sagas']:,} ended sagas deleted while sagas run (PostgreSQL)")
+    w("")
+    w(
+        f"Method: a fresh database holds {rt['old_sagas']:,} ended sagas (COMPLETED, FAILED, "
+        f"CANCELLED; {rt['step_logs_per_saga']} step logs and an idempotency key each) that ended "
+        f"40–52 days ago, inserted in bulk ({_f(rt.get('fill_s'))} s, {rt.get('database_size_before')}), "
+        f"and {rt['recent_sagas']:,} that ended just now. {rt['workers']} `saga worker` processes run "
+        f"`{rt['workflow']}` sagas at saturation, kept fed (20,000 STARTED sagas queued). Throughput "
+        f"(sagas reaching a terminal status per second, from their `updated_at`) is read over "
+        f"{_f(rt['window_s'])} s before retention, over the whole retention pass, and over "
+        f"{_f(rt['window_s'])} s after it. The pass is `workers.service.retention.Retention` with "
+        f"`retention_days: {rt['retention_days']}` in the bench process, on its own `PostgresStore`: "
+        f"batches of {rt['batch']} sagas, one statement each (sagas, their step logs by ON DELETE "
+        "CASCADE, their published events), each followed by a pause as long as the batch took. "
+        "No outbox rows: a relay prunes published events after `kafka.retention_hours`, long "
+        "before their sagas are due."
+    )
+    w("")
+    w("| | |")
+    w("|---|---:|")
+    w(
+        f"| sagas deleted | **{_f(rt['deleted'])}** in {_f(rt['deletion_s'], 1)} s = "
+        f"**{_f(rt['deleted_per_s'])} sagas/s** ({_f(3 * rt['deleted'])} step logs with them) |"
+    )
+    w(
+        f"| batches of {rt['batch']} | {_f(rt.get('batches'))}: p50 {_f(b.get('p50_ms'))} ms, "
+        f"p99 {_f(b.get('p99_ms'))} ms, max {_f(b.get('max_ms'))} ms |"
+    )
+    w(f"| share of the pass spent in a batch | {_f(100 * (rt.get('busy_share') or 0))}% |")
+    w(f"| throughput before retention | {_f(rt.get('sagas_per_s_before'))} sagas/s |")
+    during = rt.get("sagas_per_s_during")
+    before = rt.get("sagas_per_s_before") or 0
+    change = f" ({(during / before - 1) * 100:+.0f}%)" if during is not None and before else ""
+    w(f"| throughput during the pass | **{_f(during)} sagas/s**{change} |")
+    windows = ", ".join(_f(v) for v in rt.get("sagas_per_s_during_by_window") or [])
+    if windows:
+        w(f"| … per {_f(rt['window_s'])} s of the pass | {windows} |")
+    w(f"| throughput after it | {_f(rt.get('sagas_per_s_after'))} sagas/s |")
+    w(f"| database size after | {rt.get('database_size_after')} (space is reused, not returned) |")
+    w("")
+    w(
+        f"Checked afterwards: old sagas left **{ck.get('old_left')}**, recent ones kept "
+        f"**{_f(ck.get('recent_kept'))}** of {rt['recent_sagas']:,}, sagas run during the windows "
+        f"kept {_f(ck.get('sagas_run_during_the_windows'))} (with {_f(ck.get('their_step_logs'))} "
+        f"step logs), step logs without a saga {ck.get('step_logs_without_saga')}, per-status "
+        f"counts (saga_counts) equal to a count of the rows: {ck.get('saga_counts_exact')}."
+    )
+    w("")
+    if rt.get("plan"):
+        w("<details><summary>Plan of one batch (EXPLAIN ANALYZE, rolled back)</summary>")
+        w("")
+        w("```")
+        w(rt["plan"])
+        w("```")
+        w("")
+        w("</details>")
+        w("")
 
 
 def _cli(argv: list[str]) -> int:

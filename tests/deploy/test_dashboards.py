@@ -261,10 +261,15 @@ def exposed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:
             "grpc": {"host": "127.0.0.1", "port": 0},
         },
     )
-    engine = Engine.from_config(load_config(str(path), environ={}), execute=True)
-    engine.start()
-    server = Server(engine)
     try:
+        engine = Engine.from_config(load_config(str(path), environ={}), execute=True)
+    except BaseException:
+        participant.stop()
+        raise
+    engine.start()
+    server = None
+    try:
+        server = Server(engine)
         ids = []
         for card in ("ok", "declined"):
             reply = requests.post(
@@ -281,7 +286,8 @@ def exposed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:
         requests.get(f"{server.url}/api/v1/sagas", timeout=10)
         text = requests.get(f"{server.url}/metrics", timeout=10).text
     finally:
-        server.close()
+        if server is not None:
+            server.close()
         engine.close()
         participant.stop()
     yield {
@@ -306,4 +312,9 @@ def test_paused_sagas_are_watched_once_the_server_counts_them(exposed: set[str])
     sagas paused too long; until then neither names it."""
     in_dashboard = any("saga_paused" in metric_names(e) for e in dashboard_exprs())
     in_alerts = any("saga_paused" in metric_names(r["expr"]) for r in alert_rules())
-    assert in_dashboard == in_alerts == ("saga_paused" in exposed)
+    assert in_dashboard == in_alerts == ("saga_paused" in exposed), (
+        "saga_paused is exposed: give it a panel in deploy/grafana/saga.json and an alert on "
+        "sagas paused too long in deploy/prometheus/alerts.yaml"
+        if "saga_paused" in exposed
+        else "saga_paused is named but not exposed"
+    )

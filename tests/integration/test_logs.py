@@ -91,7 +91,11 @@ def test_executor_lines_name_the_saga_and_step_and_carry_no_payload(
         ],
     )
     path = write_config(tmp_path / "c.yaml", port=proc.port, workflow_dir=tmp_path / "wf")
-    engine = Engine.from_config(load_config(str(path), environ={}), execute=True)
+    try:
+        engine = Engine.from_config(load_config(str(path), environ={}), execute=True)
+    except BaseException:
+        proc.stop()
+        raise
     engine.start()
     try:
         ok, _ = engine.start_saga("logged", {"card": "ok", "note": MARKER})
