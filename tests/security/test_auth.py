@@ -200,8 +200,8 @@ def expected_for(access: str, caller: str, success: int) -> int:
     return success
 
 
-# (method, path, access, body, the status the view answers when allowed). The cancel calls
-# target a COMPLETED saga: a 409 shows the view ran (and changes nothing).
+# (method, path, access, body, the status the view answers when allowed). The cancel, pause and
+# resume calls target a COMPLETED saga: a 409 shows the view ran (and changes nothing).
 REST_ENDPOINTS: list[tuple[str, str, str, Any, int]] = [
     ("GET", "/healthz", "public", None, 200),
     ("GET", "/readyz", "public", None, 200),
@@ -212,8 +212,11 @@ REST_ENDPOINTS: list[tuple[str, str, str, Any, int]] = [
     ("GET", "/api/v1/sagas/{done}", "read", None, 200),
     ("POST", "/api/v1/sagas/{done}/cancel", "write", None, 409),
     ("POST", "/api/v1/sagas/{done}/compensate", "write", None, 409),
+    ("POST", "/api/v1/sagas/{done}/pause", "write", None, 409),
+    ("POST", "/api/v1/sagas/{done}/resume", "write", {"action": "retry"}, 409),
     ("POST", "/api/v1/workflows", "write", "workflow", 201),
     ("GET", "/api/v1/workflows", "read", None, 200),
+    ("GET", "/api/v1/workflows/rest-order", "read", None, 200),
     ("GET", "/api/v1/stats", "read", None, 200),
 ]
 
@@ -230,7 +233,12 @@ def done_saga(rest: SecureRest) -> str:
 def test_routes_table_matches_the_matrix() -> None:
     """The matrix covers every REST route, with the access level the ROUTES table gives it."""
     table = {
-        (r.method, r.rule.replace("<saga_id>", "{done}"), r.access) for r in routes_module.ROUTES
+        (
+            r.method,
+            r.rule.replace("<saga_id>", "{done}").replace("<path:name>", "rest-order"),
+            r.access,
+        )
+        for r in routes_module.ROUTES
     }
     assert table == {(m, p, a) for m, p, a, _, _ in REST_ENDPOINTS}
 
@@ -259,6 +267,7 @@ def test_rest_role_matrix(
         body = {"workflow_yaml": WORKFLOW_YAML.format(n=uuid.uuid4().hex[:8])}
     expected = expected_for(access, caller, success)
     before = rest.counts()
+    audit_before = rest.request("GET", f"/api/v1/sagas/{done_saga}").json()["operator_actions"]
     response = rest.request(
         method, path.format(done=done_saga), token=caller_token(keys, caller), json=body
     )
@@ -270,6 +279,82 @@ def test_rest_role_matrix(
         assert response.status_code == expected, response.text
     if expected in (401, 403):
         assert rest.counts() == before
+    audit = rest.request("GET", f"/api/v1/sagas/{done_saga}").json()["operator_actions"]
+    assert audit == audit_before  # a refused (or 409) operator action is not recorded
+
+
+PAUSING_YAML = """\
+name: auth-pausing-{n}
+on_failure: pause
+steps:
+  - name: reserve
+    service: shop
+    method: Shop.Reserve
+    compensate: Shop.Release
+    retry: {{max_attempts: 1}}
+  - name: wait
+    service: shop
+    method: Slow.Wait
+    retry: {{max_attempts: 1}}
+  - name: charge
+    service: shop
+    method: Shop.Charge
+    retry: {{max_attempts: 1}}
+"""
+
+
+def _wait_status(rest: SecureRest, saga_id: str, status: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 20
+    while True:
+        detail: dict[str, Any] = rest.request("GET", f"/api/v1/sagas/{saga_id}").json()
+        if detail["saga"]["status"] == status:
+            return detail
+        assert time.monotonic() < deadline, f"saga {saga_id} still {detail['saga']['status']}"
+        time.sleep(0.05)
+
+
+def test_rest_operator_actions_are_recorded_as_the_token_sub(rest: SecureRest, keys: Keys) -> None:
+    """Pause, resume and cancel are recorded with the sub of the token that asked for them
+    (SPEC §11 audit), whoever started the saga."""
+    name = f"auth-pausing-{uuid.uuid4().hex[:8]}"
+    registered = rest.request(
+        "POST", "/api/v1/workflows", json={"workflow_yaml": PAUSING_YAML.format(n=name[13:])}
+    )
+    assert registered.status_code == 201, registered.text
+
+    def as_(sub: str, role: str = "sys_operator") -> str:
+        return keys.token((role,), sub=sub)
+
+    failing = rest.request(
+        "POST", "/api/v1/sagas", json={"workflow_name": name, "payload": {"card": "declined"}}
+    ).json()["saga_id"]
+    _wait_status(rest, failing, "PAUSED")
+    resumed = rest.request(
+        "POST",
+        f"/api/v1/sagas/{failing}/resume",
+        token=as_("erin@example.test", "sys_admin"),
+        json={"action": "compensate"},
+    )
+    assert resumed.status_code == 200, resumed.text
+
+    slow = rest.request("POST", "/api/v1/sagas", json={"workflow_name": name}).json()["saga_id"]
+    _wait_status(rest, slow, "RUNNING")
+    paused = rest.request("POST", f"/api/v1/sagas/{slow}/pause", token=as_("frank"))
+    assert paused.status_code == 200, paused.text
+    _wait_status(rest, slow, "PAUSED")
+    cancelled = rest.request("POST", f"/api/v1/sagas/{slow}/cancel", token=as_("gina"))
+    assert cancelled.status_code == 200, cancelled.text
+
+    first = rest.wait_terminal(failing)
+    second = rest.wait_terminal(slow)
+    assert (first["saga"]["status"], second["saga"]["status"]) == ("FAILED", "CANCELLED")
+    assert [(a["action"], a["by"]) for a in first["operator_actions"]] == [
+        ("resume", "erin@example.test")
+    ]
+    assert [(a["action"], a["by"]) for a in second["operator_actions"]] == [
+        ("pause", "frank"),
+        ("cancel", "gina"),
+    ]
 
 
 def test_rest_principal_is_recorded_as_initiated_by(rest: SecureRest, keys: Keys) -> None:
@@ -345,8 +430,26 @@ def _grpc_calls(done: str) -> list[tuple[str, str, Any, grpc.StatusCode]]:
             saga_pb2.CancelSagaRequest(saga_id=done),
             grpc.StatusCode.FAILED_PRECONDITION,
         ),
+        (
+            "CompensateSaga",
+            "write",
+            saga_pb2.CompensateSagaRequest(saga_id=done),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ),
         ("RegisterWorkflow", "write", "workflow", grpc.StatusCode.OK),
         ("ListWorkflows", "read", saga_pb2.ListWorkflowsRequest(), grpc.StatusCode.OK),
+        (
+            "PauseSaga",
+            "write",
+            saga_pb2.PauseSagaRequest(saga_id=done),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ),
+        (
+            "ResumeSaga",
+            "write",
+            saga_pb2.ResumeSagaRequest(saga_id=done, action="retry"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ),
     ]
 
 
@@ -355,9 +458,19 @@ GRPC_METHODS = [
     "GetSaga",
     "ListSagas",
     "CancelSaga",
+    "CompensateSaga",
     "RegisterWorkflow",
     "ListWorkflows",
+    "PauseSaga",
+    "ResumeSaga",
 ]
+
+
+def test_grpc_matrix_covers_every_rpc() -> None:
+    """The gRPC matrix lists every SagaService RPC, each once."""
+    service = saga_pb2.DESCRIPTOR.services_by_name["SagaService"]
+    assert sorted(GRPC_METHODS) == sorted(m.name for m in service.methods)
+    assert [c[0] for c in _grpc_calls("x")] == GRPC_METHODS
 
 
 @pytest.fixture(scope="module")
@@ -462,6 +575,64 @@ def test_grpc_principal_is_recorded_as_initiated_by(secure_grpc: SecureGrpc, key
         for r in (implicit, explicit)
     ]
     assert got == ["dave", "cron"]
+
+
+def test_grpc_operator_actions_are_recorded_as_the_token_sub(
+    secure_grpc: SecureGrpc, keys: Keys
+) -> None:
+    """Over gRPC too, PauseSaga, ResumeSaga and CancelSaga are recorded with the caller's sub."""
+    stub = secure_grpc.stub
+    admin = metadata(keys.token(("sys_admin",), sub="root"))
+    name = f"auth-pausing-{uuid.uuid4().hex[:8]}"
+    stub.RegisterWorkflow(
+        saga_pb2.RegisterWorkflowRequest(workflow_yaml=PAUSING_YAML.format(n=name[13:])),
+        metadata=admin,
+        timeout=10,
+    )
+
+    def status(saga_id: str) -> saga_pb2.GetSagaResponse:
+        return stub.GetSaga(saga_pb2.GetSagaRequest(saga_id=saga_id), metadata=admin, timeout=10)
+
+    def wait(saga_id: str, *wanted: str) -> saga_pb2.GetSagaResponse:
+        deadline = time.monotonic() + 20
+        while (got := status(saga_id)).saga.status not in wanted:
+            assert time.monotonic() < deadline, got.saga.status
+            time.sleep(0.05)
+        return got
+
+    failing = stub.StartSaga(
+        saga_pb2.StartSagaRequest(workflow_name=name, payload=b'{"card": "declined"}'),
+        metadata=admin,
+        timeout=10,
+    ).saga_id
+    slow = stub.StartSaga(
+        saga_pb2.StartSagaRequest(workflow_name=name), metadata=admin, timeout=10
+    ).saga_id
+    wait(slow, "RUNNING")
+    stub.PauseSaga(
+        saga_pb2.PauseSagaRequest(saga_id=slow),
+        metadata=metadata(keys.token(("sys_operator",), sub="harry")),
+        timeout=10,
+    )
+    wait(failing, "PAUSED")
+    stub.ResumeSaga(
+        saga_pb2.ResumeSagaRequest(saga_id=failing, action="compensate"),
+        metadata=metadata(keys.token(("sys_operator",), sub="ivy")),
+        timeout=10,
+    )
+    wait(slow, "PAUSED")
+    stub.CancelSaga(
+        saga_pb2.CancelSagaRequest(saga_id=slow),
+        metadata=metadata(keys.token(("sys_admin",), sub="jo")),
+        timeout=10,
+    )
+    first = wait(failing, "FAILED")
+    second = wait(slow, "CANCELLED")
+    assert [(a.action, a.by) for a in first.operator_actions] == [("resume", "ivy")]
+    assert [(a.action, a.by) for a in second.operator_actions] == [
+        ("pause", "harry"),
+        ("cancel", "jo"),
+    ]
 
 
 # ----------------------------------------------------------------------------- open API warnings
