@@ -66,6 +66,7 @@ FIGURES: tuple[tuple[str, Kind], ...] = (
     ("calls_after_compensation_began", Kind.CALLED_AFTER_COMPENSATION_BEGAN),
     ("compensations_in_completed_sagas", Kind.COMPLETED_WITH_COMPENSATION),
     ("cancels_200_completed", Kind.CANCEL_200_COMPLETED),
+    ("pauses_200_lost", Kind.PAUSE_200_LOST),
     ("events_missing", Kind.EVENT_MISSING),
     ("events_out_of_order", Kind.EVENTS_OUT_OF_ORDER),
     ("events_doubled", Kind.EVENT_DOUBLED),
@@ -115,6 +116,7 @@ class ClientSaga:
     fail_at: int | None
     started_at: float  # epoch seconds, when the API acknowledged it
     cancel_answers: list[str] = field(default_factory=list)  # "200", "409", "error: ..."
+    pause_answers: list[str] = field(default_factory=list)  # the same, for pause requests
     cancel_sent_at: float | None = None
     start_answer: str = ""  # e.g. "HTTP 201 from api-0"
     start_attempts: int = 1
@@ -122,6 +124,10 @@ class ClientSaga:
     @property
     def cancel_200(self) -> bool:
         return "200" in self.cancel_answers
+
+    @property
+    def pause_200(self) -> bool:
+        return "200" in self.pause_answers
 
 
 @dataclass
@@ -328,6 +334,7 @@ def _record(seen: Observed, index: _Index, saga_id: str) -> SagaRecord:
         calls=calls,
         events=tuple(_event_seen(r) for r in index.events.get(saga_id, ())),
         cancel_accepted=bool(client and client.cancel_200),
+        pause_accepted=bool(client and client.pause_200),
         applied={k: n for k, n in seen.applied.items() if k.startswith(saga_id + ":")},
         in_doubt=frozenset(() if standing is None else (standing,)),
     )

@@ -139,15 +139,16 @@ def decide(state: SagaState, workflow: Workflow, event: Event) -> Decision:
 def _on_resume(state: SagaState, wf: Workflow, event: Any) -> Decision:
     assert isinstance(event, Resume)
     at = event.at
+    # The step at `current_step` may have been called by an executor that is gone (SPEC §1).
+    in_doubt = (
+        (event.lease_expired or state.in_doubt)
+        and state.status is SagaStatus.RUNNING
+        and state.current_step < len(wf.steps)
+    )
     if event.pause_requested:
         # A pause answered 200 takes effect here, at the boundary (SPEC §11); a cancel asked
         # for too stays stored and is seen when the saga resumes.
         phase_name = "compensating" if state.status is SagaStatus.COMPENSATING else "forward"
-        in_doubt = (
-            event.lease_expired
-            and phase_name == "forward"
-            and (state.status is SagaStatus.RUNNING and state.current_step < len(wf.steps))
-        )
         return _pause(state, at, Pause(phase_name, state.status, in_doubt=in_doubt), logs=())
     if state.status is SagaStatus.STARTED:
         # Nothing was called yet: the first call is made only after the RUNNING commit.
@@ -163,13 +164,12 @@ def _on_resume(state: SagaState, wf: Workflow, event: Any) -> Decision:
         if event.cancel_requested:
             # An executor that died (or lost its lease) mid-call may have made the call of the
             # step at `current_step`; its outcome is unknown, so it is compensated too (SPEC §1).
-            in_doubt = event.lease_expired and state.current_step < len(wf.steps)
             return _start_compensation(
                 state, wf, at, cancelled=True, cause=None, logs=(), in_doubt=in_doubt
             )
         if state.current_step >= len(wf.steps):
             return _complete(state, at, logs=())
-        return _start_step(state, wf, at)
+        return _start_step(state, wf, at, in_doubt=in_doubt)
     # COMPENSATING. A set cancel flag was answered 200 before compensation began (a cancel is
     # refused once it has): the saga then ends CANCELLED, whatever started the compensation.
     comp = state.compensation
@@ -209,7 +209,10 @@ def _on_step_failed(state: SagaState, wf: Workflow, event: Any) -> Decision:
         and event.code not in policy.non_retryable_codes
         and flight.attempt < policy.max_attempts
     )
-    in_doubt = event.timed_out or event.code in OUTCOME_UNKNOWN_CODES
+    # Once an execution may have taken effect (an attempt timed out or got an unusable reply,
+    # or an executor that is gone may have called it), only a success settles it: a later
+    # failure can be the transport's, not the participant's answer.
+    in_doubt = flight.in_doubt or event.timed_out or event.code in OUTCOME_UNKNOWN_CODES
     if retryable:
         delay = retry_delay_ms(policy, flight.attempt - 1, event.jitter)
         last = "timed out" if event.timed_out else f"{event.code}: {event.message}"
@@ -269,6 +272,7 @@ def _on_retry_due(state: SagaState, wf: Workflow, event: Any) -> Decision:
         flight.started_at,
         (),
         flight.request,
+        in_doubt=flight.in_doubt,
     )
 
 
@@ -341,6 +345,7 @@ def _on_resume_requested(state: SagaState, wf: Workflow, event: Any) -> Decision
         pause=None,
         resumes=state.resumes + 1,
         payload=state.payload if event.payload is None else event.payload,
+        in_doubt=False,
     )
     logs: tuple[StepLog, ...] = ()
     if pause.forward:
@@ -360,7 +365,10 @@ def _on_resume_requested(state: SagaState, wf: Workflow, event: Any) -> Decision
                 base, status=SagaStatus.RUNNING, current_step=index + 1, error_message=None
             )
         else:
-            resumed = evolve(base, status=pause.resume_status, error_message=None)
+            # continue or retry: the step in doubt (if any) is still in doubt until it runs.
+            resumed = evolve(
+                base, status=pause.resume_status, error_message=None, in_doubt=pause.in_doubt
+            )
     else:
         held = state.compensation
         assert held is not None
@@ -374,7 +382,11 @@ def _on_resume_requested(state: SagaState, wf: Workflow, event: Any) -> Decision
         resumed = evolve(
             base, status=SagaStatus.COMPENSATING, compensation=comp, error_message=comp.cause
         )
-    return Decision(resumed, (Commit(resumed, logs, (_event(resumed, EventType.SAGA_RESUMED),)),))
+    events: tuple[SagaEvent, ...] = (_event(resumed, EventType.SAGA_RESUMED),)
+    if pause.forward and action is ResumeAction.COMPENSATE:
+        # Compensation begins now: consumers see it as they do any other (SPEC §6).
+        events = (*events, _event(resumed, EventType.SAGA_COMPENSATING))
+    return Decision(resumed, (Commit(resumed, logs, events),))
 
 
 def _on_cancel_requested(state: SagaState, wf: Workflow, event: Any) -> Decision:
@@ -387,7 +399,7 @@ def _on_cancel_requested(state: SagaState, wf: Workflow, event: Any) -> Decision
             f"saga {state.saga_id} paused while compensating and cannot be cancelled; resume it"
         )
     at = event.at
-    base = _stamp(state, at, pause=None, resumes=state.resumes + 1)
+    base = _stamp(state, at, pause=None, resumes=state.resumes + 1, in_doubt=False)
     pending = _to_compensate(base, wf, pause.in_doubt)
     if not pending:
         ended = evolve(base, status=SagaStatus.CANCELLED, error_message=None)
@@ -432,7 +444,12 @@ def _start_compensation(
         cancelled=cancelled, cause=cause, pending=_to_compensate(state, wf, in_doubt)
     )
     compensating = _stamp(
-        state, at, status=SagaStatus.COMPENSATING, compensation=comp, error_message=cause
+        state,
+        at,
+        status=SagaStatus.COMPENSATING,
+        compensation=comp,
+        error_message=cause,
+        in_doubt=False,
     )
     events = (*events, _event(compensating, EventType.SAGA_COMPENSATING))
     return _compensate_next(compensating, wf, at, logs=logs, events=events)
@@ -593,7 +610,12 @@ def _forward_request(state: SagaState, step: Step) -> Mapping[str, Any]:
 
 
 def _start_step(
-    state: SagaState, wf: Workflow, at: datetime, *, events: tuple[SagaEvent, ...] = ()
+    state: SagaState,
+    wf: Workflow,
+    at: datetime,
+    *,
+    events: tuple[SagaEvent, ...] = (),
+    in_doubt: bool = False,
 ) -> Decision:
     """Begin the forward step at `current_step`: skip it when its `when` is false, fail it when
     its request cannot be made, else call it. `events` are committed first (or with the skip)."""
@@ -617,7 +639,19 @@ def _start_step(
     except ExpressionFailed as exc:
         return _bad_input(state, wf, index, at, str(exc), events)
     effects: tuple[Effect, ...] = (Commit(state, (), events),) if events else ()
-    return _call(state, wf, Action.EXECUTE, index, 1, at, effects, request)
+    # Calling the step settles any doubt about it: its outcome will be known (or a new expired
+    # lease will say it is in doubt again).
+    return _call(
+        evolve(state, in_doubt=False),
+        wf,
+        Action.EXECUTE,
+        index,
+        1,
+        at,
+        effects,
+        request,
+        in_doubt=in_doubt,
+    )
 
 
 def _bad_input(
@@ -706,8 +740,11 @@ def _call(
     started_at: datetime,
     effects: tuple[Effect, ...],
     request: Mapping[str, Any] | None,
+    *,
+    in_doubt: bool = False,
 ) -> Decision:
-    """Put one participant call in flight, after `effects`; every attempt sends `request`."""
+    """Put one participant call in flight, after `effects`; every attempt sends `request`;
+    `in_doubt`: the execution may already have taken effect."""
     step = wf.steps[index]
     method = step.method if action is Action.EXECUTE else step.compensate
     assert method is not None
@@ -720,6 +757,7 @@ def _call(
             attempt=attempt,
             started_at=started_at,
             request=request,
+            in_doubt=in_doubt,
         ),
     )
     call = CallParticipant(

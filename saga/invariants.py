@@ -46,6 +46,7 @@ class Kind(enum.StrEnum):
     COMPLETED_WITH_STEP_NOT_DONE = "completed_with_step_not_done"
     COMPLETED_WITH_COMPENSATION = "completed_with_compensation"
     CANCEL_200_COMPLETED = "cancel_200_completed"
+    PAUSE_200_LOST = "pause_200_lost"
     COMPENSATION_MISSING = "compensation_missing"
     COMPENSATION_OF_UNCALLED_STEP = "compensation_of_uncalled_step"
     COMPENSATIONS_OUT_OF_ORDER = "compensations_out_of_order"
@@ -79,6 +80,7 @@ PROMISES: Mapping[Kind, str] = {
     ),
     Kind.COMPLETED_WITH_COMPENSATION: "a COMPLETED saga compensated nothing",
     Kind.CANCEL_200_COMPLETED: "a cancel answered 200 never ends COMPLETED",
+    Kind.PAUSE_200_LOST: "a pause answered 200 is never lost: the saga paused (SPEC §11)",
     Kind.COMPENSATION_MISSING: (
         "a FAILED or CANCELLED saga compensated every step that may have taken effect (a"
         " compensation that still fails after its retries is logged FAILED)"
@@ -155,6 +157,8 @@ class SagaRecord:
     # removed, or `EventSeen` records (duplicates are then removed here, by `event_id`).
     events: Sequence[EventType | EventSeen] | None = None
     cancel_accepted: bool = False
+    # A pause request was answered 200 (SPEC §11).
+    pause_accepted: bool = False
     applied: Mapping[str, int] | None = None
     # Steps that may have been called without the call being seen (an executor died between
     # deciding the call and making it): compensating them is allowed, not required.
@@ -260,7 +264,23 @@ def findings(record: SagaRecord, *, must_be_terminal: bool = True) -> list[Findi
             if g.action is Action.COMPENSATE and g.status is not StepStatus.SUCCESS
         }
         may_have = _may_have_taken_effect(record)
+        # A step skipped (its `when` false, or an operator's skip after it failed) is left as it
+        # is: never compensated (SPEC §10, §11).
+        skipped = {
+            g.step_index
+            for g in record.step_logs
+            if g.action is Action.EXECUTE and g.status is StepStatus.SKIPPED
+        }
+        for i in sorted(skipped & (compensate_logs | {c.step_index for c in compensated_calls})):
+            add(
+                Finding(
+                    Kind.COMPENSATION_OF_UNCALLED_STEP,
+                    f"step {_name(wf, i)} was skipped, yet compensated",
+                )
+            )
         for i in range(len(wf.steps)):
+            if i in skipped:
+                continue
             if i in may_have and i not in compensate_logs:
                 add(
                     Finding(
@@ -410,6 +430,7 @@ END_EVENT: Mapping[SagaStatus, EventType] = {
 }
 # The `status` an event of each type carries (SPEC §6: the saga's status after the change).
 _ANNOUNCES = {
+    EventType.SAGA_PAUSED: SagaStatus.PAUSED,
     EventType.SAGA_RUNNING: SagaStatus.RUNNING,
     EventType.SAGA_COMPENSATING: SagaStatus.COMPENSATING,
     EventType.SAGA_COMPLETED: SagaStatus.COMPLETED,
@@ -462,9 +483,14 @@ def _event_findings(record: SagaRecord, final: SagaState) -> list[Finding]:
     for other in dict.fromkeys(e for e in events if e in END_EVENT.values() and e is not end):
         add(Finding(Kind.EVENT_UNEXPECTED, f"{other.value} for a {final.status.value} saga"))
 
+    if record.pause_accepted and EventType.SAGA_PAUSED not in events:
+        add(Finding(Kind.PAUSE_200_LOST, "a pause was answered 200, but the saga never paused"))
+
     logged = {g.action for g in record.step_logs}
     called = {c.action for c in record.calls}
-    ran = final.status is not SagaStatus.CANCELLED or Action.EXECUTE in logged | called
+    # A saga that never called a step (cancelled, or paused and compensated, before its first)
+    # may end without SAGA_RUNNING; a COMPLETED one always ran.
+    ran = final.status is SagaStatus.COMPLETED or Action.EXECUTE in logged | called
     if ran and EventType.SAGA_RUNNING not in events:
         add(Finding(Kind.EVENT_MISSING, "SAGA_RUNNING is missing"))
     compensated = final.status is SagaStatus.FAILED or (

@@ -200,8 +200,9 @@ class InFlight:
     started_at: datetime
     waiting_retry: bool = False
     request: Mapping[str, Any] | None = None
-    # While waiting for a retry: whether the failed attempt may have taken effect (a deadline
-    # that stops the retry leaves the step in doubt then), and what it failed with.
+    # Whether this execution may already have taken effect (an attempt timed out or got an
+    # unusable reply, or an executor that is gone may have called it): only a success settles
+    # it. And, while waiting for a retry, what the last attempt failed with.
     in_doubt: bool = False
     last_error: str | None = None
 
@@ -264,6 +265,9 @@ class SagaState:
     # How many times an operator resumed the saga: each resume starts a new generation of step
     # log and event ids, so a retried step gets a log of its own.
     resumes: int = 0
+    # The forward step at `current_step` may have been called by an executor that is gone: an
+    # expired lease says so at a claim, and this keeps it across a pause and a resume.
+    in_doubt: bool = False
 
     @property
     def terminal(self) -> bool:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from saga.invariants import violations
@@ -66,6 +66,13 @@ move = st.one_of(
     ),
     st.tuples(st.just("cancel"), st.integers(0, 3)),
     st.tuples(st.just("cancel_racing_next_commit"), st.integers(0, 3)),
+    st.tuples(st.just("pause"), st.integers(0, 3)),
+    st.tuples(st.just("pause_racing_next_commit"), st.integers(0, 3)),
+    st.tuples(
+        st.just("resume"),
+        st.integers(0, 3),
+        st.sampled_from([None, "continue", "retry", "skip", "compensate"]),
+    ),
     st.tuples(st.just("relay"), st.booleans()),
     st.tuples(st.just("start"), st.just(0)),
 )
@@ -104,6 +111,13 @@ def play(world: World, schedule: list[tuple[Any, ...]]) -> None:
                 world.down_after_claim = True
         elif kind == "cancel":
             world.cancel(step[1])
+        elif kind == "pause":
+            world.pause(step[1])
+        elif kind == "pause_racing_next_commit":
+            index = step[1]
+            world.store.before_next_commit = lambda index=index: world.pause(index)
+        elif kind == "resume":
+            world.resume(step[1], step[2])
         elif kind == "cancel_racing_next_commit":
             index = step[1]
             world.store.before_next_commit = lambda index=index: world.cancel(index)
@@ -147,9 +161,16 @@ def test_every_saga_keeps_its_promises_under_any_schedule_of_faults(
     kind: str, schedule: list[tuple[Any, ...]], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """After any schedule of faults, once they stop, every saga ends and keeps every promise."""
+    note(f"schedule: {schedule!r}")
     world = _world(kind, tmp_path_factory, sagas=1)
     play(world, schedule)
-    assert broken_promises(world) == {}
+    found = broken_promises(world)
+    if found:
+        for saga_id in world.sagas:
+            logs = world.store.inner.get_step_logs(saga_id)
+            note(f"logs of {saga_id}: " + ", ".join(f"{g.step_name}/{g.action.value}/{g.status.value}" for g in logs))
+            note(f"calls: {world.participants.made.get(saga_id)}")
+    assert found == {}
 
 
 # ---------------------------------------------------------------- the review's defects, replayed

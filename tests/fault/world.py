@@ -28,11 +28,14 @@ from typing import Any
 
 from attrs import define, field
 
+from saga.errors import Conflict, NotFound
 from saga.invariants import CallMade, SagaRecord
 from saga.model import (
     INVALID_RESPONSE,
     Action,
     EventType,
+    OnCompensationFailure,
+    OnFailure,
     RetryPolicy,
     SagaStatus,
     Step,
@@ -42,7 +45,9 @@ from saga.model import (
 from workers.adapters.participant import CallResult
 from workers.adapters.store.base import StoreRefused
 from workers.adapters.store.memory import MemoryStore
+from workers.config import Config
 from workers.interpreter import Executor, WorkflowCatalog
+from workers.service.engine import Engine
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 LEASE_SECS = 10.0
@@ -58,6 +63,7 @@ WORKFLOW = Workflow(
             compensate="Inventory.Release",
             timeout_secs=2,
             retry=RetryPolicy(max_attempts=2, initial_interval_ms=500),
+            on_compensation_failure=OnCompensationFailure.PAUSE,
         ),
         Step(
             "charge",
@@ -66,6 +72,7 @@ WORKFLOW = Workflow(
             compensate="Payment.Refund",
             timeout_secs=2,
             retry=RetryPolicy(max_attempts=3, initial_interval_ms=200),
+            on_failure=OnFailure.PAUSE,
         ),
         Step("notify", "mail", "Mail.Send", timeout_secs=1, retry=RetryPolicy(max_attempts=1)),
     ),
@@ -324,6 +331,9 @@ class World:
         self.cancel_accepted: set[str] = set()
         self.in_doubt: dict[str, set[int]] = {}
         self.down_after_claim = False
+        self.pause_accepted: set[str] = set()
+        # The API processes' engine (it executes nothing), over the same faulty store.
+        self.api = Engine(Config(), self.store, execute=False, relay=False)  # type: ignore[arg-type]
         for _ in range(slots):
             self.slots.append(self._new_executor())
 
@@ -407,12 +417,32 @@ class World:
         return saga_id
 
     def cancel(self, index: int) -> None:
-        if not self.sagas or self.store.down:
-            return
+        """An operator's cancel through the real `Engine` (a 200 is remembered)."""
+        if self.sagas:
+            saga_id = self.sagas[index % len(self.sagas)]
+            if self._api(lambda: self.api.cancel_saga(saga_id, by="op")):
+                self.cancel_accepted.add(saga_id)
+
+    def pause(self, index: int) -> None:
+        """An operator's pause request through the real `Engine` (a 200 is remembered)."""
+        if self.sagas:
+            saga_id = self.sagas[index % len(self.sagas)]
+            if self._api(lambda: self.api.pause_saga(saga_id, by="op")):
+                self.pause_accepted.add(saga_id)
+
+    def resume(self, index: int, action: str | None) -> bool:
+        """An operator's resume through the real `Engine`; True when it was answered 200."""
+        if not self.sagas:
+            return False
         saga_id = self.sagas[index % len(self.sagas)]
-        outcome = self.store.inner.request_cancel(saga_id)
-        if outcome is not None and outcome.accepted:
-            self.cancel_accepted.add(saga_id)
+        return self._api(lambda: self.api.resume_saga(saga_id, action, by="op"))
+
+    def _api(self, request: Callable[[], object]) -> bool:
+        try:
+            request()
+        except (Conflict, NotFound, StoreDown):
+            return False  # a 409, a 404, or a 500 while the store is down: nothing was done
+        return True
 
     # ---------------------------------------------------------------- rounds, as the loops run them
 
@@ -449,7 +479,7 @@ class World:
         for _ in range(max_rounds):
             if self._all_ended() and not self.participants.waiting:
                 break
-            progressed = False
+            progressed = self._operator_resumes_paused_sagas()
             for slot in range(len(self.slots)):
                 ex = self.executor(slot)
                 if ex.pending_commits():
@@ -482,6 +512,19 @@ class World:
             if len(self.relay.topic) == before:
                 break
 
+    def _operator_resumes_paused_sagas(self) -> bool:
+        """Once faults stop, the operator resumes every PAUSED saga: the default action first,
+        then skip, then compensate, until one is taken."""
+        resumed = False
+        for index, saga_id in enumerate(self.sagas):
+            state = self.store.inner.get_saga(saga_id)
+            if state is not None and state.status is SagaStatus.PAUSED:
+                for action in (None, "skip", "compensate"):
+                    if self.resume(index, action):
+                        resumed = True
+                        break
+        return resumed
+
     def _all_ended(self) -> bool:
         for saga_id in self.sagas:
             state = self.store.inner.get_saga(saga_id)
@@ -498,6 +541,7 @@ class World:
             calls=tuple(self.participants.made.get(saga_id, ())),
             events=tuple(self.relay.events_of(saga_id)),
             cancel_accepted=saga_id in self.cancel_accepted,
+            pause_accepted=saga_id in self.pause_accepted,
             applied={k: v for k, v in self.participants.applied.items() if k.startswith(saga_id)},
             in_doubt=frozenset(self.in_doubt.get(saga_id, ())),
         )

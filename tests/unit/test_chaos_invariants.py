@@ -341,6 +341,10 @@ def cancel_200_completed(p: dict[str, Any]) -> None:
     p["sagas"][FORWARD].cancel_answers = ["200"]
 
 
+def pause_200_lost(p: dict[str, Any]) -> None:
+    p["sagas"][FORWARD].pause_answers = ["200"]
+
+
 def event_missing(p: dict[str, Any]) -> None:
     p["events"].remove(_events_of(p, FORWARD)[-1])
 
@@ -398,6 +402,7 @@ CASES = {
     "calls_after_compensation_began": [called_after_compensation],
     "compensations_in_completed_sagas": [compensated_completed],
     "cancels_200_completed": [cancel_200_completed],
+    "pauses_200_lost": [pause_200_lost],
     "events_missing": [event_missing, compensating_missing],
     "events_out_of_order": [events_out_of_order],
     "events_doubled": [event_doubled],

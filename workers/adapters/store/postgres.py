@@ -198,7 +198,7 @@ UPDATE {schema}.saga_states
 SET status = %(status)s, current_step = %(current_step)s, payload = %(payload)s,
     error_message = %(error_message)s, updated_at = %(updated_at)s,
     compensation = %(compensation)s, pause = %(pause)s, resumes = %(resumes)s,
-    lease_owner = NULL, lease_expires_at = NULL
+    in_doubt = %(in_doubt)s, lease_owner = NULL, lease_expires_at = NULL
 WHERE id = %(id)s AND status = 'PAUSED' AND resumes = %(expected)s
 """
 
@@ -284,9 +284,9 @@ WITH v AS (
         %(ids)s::uuid[], %(tokens)s::bigint[], %(statuses)s::text[], %(steps)s::int[],
         %(errors)s::text[], %(updated)s::timestamptz[], %(compensations)s::jsonb[],
         %(terminal)s::boolean[], %(guards)s::boolean[], %(pause_guards)s::boolean[],
-        %(pauses)s::jsonb[], %(resumes)s::int[]
+        %(pauses)s::jsonb[], %(resumes)s::int[], %(in_doubts)s::boolean[]
     ) AS v(id, token, status, current_step, error_message, updated_at, compensation, terminal,
-           guard, pause_guard, pause, resumes)
+           guard, pause_guard, pause, resumes, in_doubt)
 ),
 {_HELD},
 written AS (
@@ -298,6 +298,7 @@ written AS (
         compensation = v.compensation,
         pause = v.pause,
         resumes = v.resumes,
+        in_doubt = v.in_doubt,
         pause_requested = CASE WHEN v.status = 'PAUSED' THEN FALSE ELSE s.pause_requested END,
         lease_owner = CASE WHEN v.terminal THEN NULL ELSE s.lease_owner END,
         lease_expires_at = CASE WHEN v.terminal THEN NULL
@@ -823,6 +824,7 @@ class PostgresStore(Store):
                         "compensation": _jsonb(compensation_to_dict(state.compensation)),
                         "pause": _jsonb(pause_to_dict(state.pause)),
                         "resumes": state.resumes,
+                        "in_doubt": state.in_doubt,
                         "id": sid,
                         "expected": expected_resumes,
                     },
@@ -1050,6 +1052,7 @@ class PostgresStore(Store):
             "pause_guards": [],
             "pauses": [],
             "resumes": [],
+            "in_doubts": [],
             "log_ids": [],
             "log_saga_ids": [],
             "log_steps": [],
@@ -1085,6 +1088,7 @@ class PostgresStore(Store):
             p["pause_guards"].append(request.commit.unless_pause_requested)
             p["pauses"].append(_jsonb(pause_to_dict(state.pause)))
             p["resumes"].append(state.resumes)
+            p["in_doubts"].append(state.in_doubt)
             for step_log in request.commit.step_logs:
                 p["log_ids"].append(uuid.UUID(step_log.id))
                 p["log_saga_ids"].append(sid)

@@ -156,7 +156,8 @@ _COMMIT_OPERATOR = """
 UPDATE saga_states
 SET status = :status, current_step = :current_step, payload = :payload,
     error_message = :error_message, updated_at = :updated_at, compensation = :compensation,
-    pause = :pause, resumes = :resumes, lease_owner = NULL, lease_expires_at = NULL
+    pause = :pause, resumes = :resumes, in_doubt = :in_doubt, lease_owner = NULL,
+    lease_expires_at = NULL
 WHERE id = :id AND status = 'PAUSED' AND resumes = :expected
 """
 
@@ -190,7 +191,7 @@ _COMMIT = """
 UPDATE saga_states
 SET status = :status, current_step = :current_step, error_message = :error_message,
     updated_at = :updated_at, compensation = :compensation, pause = :pause, resumes = :resumes,
-    lease_owner = :lease_owner, lease_expires_at = :lease_expires_at,
+    in_doubt = :in_doubt, lease_owner = :lease_owner, lease_expires_at = :lease_expires_at,
     pause_requested = CASE WHEN :status = 'PAUSED' THEN 0 ELSE pause_requested END
 WHERE id = :id AND lease_owner = :owner AND lease_token = :token
   AND NOT (:guard AND cancel_requested) AND NOT (:pause_guard AND pause_requested)
@@ -513,6 +514,7 @@ class SqliteStore(Store):
                         "compensation": _json(compensation_to_dict(state.compensation)),
                         "pause": _json(pause_to_dict(state.pause)),
                         "resumes": state.resumes,
+                        "in_doubt": 1 if state.in_doubt else 0,
                         "id": state.saga_id,
                         "expected": expected_resumes,
                     },
@@ -630,6 +632,7 @@ class SqliteStore(Store):
                         "compensation": _json(compensation_to_dict(state.compensation)),
                         "pause": _json(pause_to_dict(state.pause)),
                         "resumes": state.resumes,
+                        "in_doubt": 1 if state.in_doubt else 0,
                         "lease_owner": None if terminal else owner,
                         "lease_expires_at": None if terminal else expires,
                         "id": state.saga_id,
