@@ -4,7 +4,8 @@ operator watches, and names only metrics that a running server's `/metrics` real
 
 The server is the real one in this process: an executing engine with a scripted participant
 process, the Flask app on a loopback socket and the gRPC API; a few sagas run (one retried,
-one compensated) so that the labelled series exist, then `/metrics` is scraped over HTTP.
+one compensated, one paused) so that the labelled series exist, then `/metrics` is scraped
+over HTTP.
 PromQL has no parser here, so metric names are read from each expression by its grammar:
 strings, label matchers, range selectors and `by (...)`-style label lists taken out, what
 stays is function names (followed by `(`), keywords, numbers and metric names.
@@ -252,6 +253,9 @@ def exposed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:
         tmp,
     )
     workflow_file(tmp / "wf", "watched", STEPS)
+    (tmp / "wf" / "held.yaml").write_text(  # a declined charge waits for an operator
+        yaml.safe_dump({"name": "held", "on_failure": "pause", "steps": STEPS}, sort_keys=False)
+    )
     path = write_config(
         tmp / "c.yaml",
         port=participant.port,
@@ -271,10 +275,10 @@ def exposed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:
     try:
         server = Server(engine)
         ids = []
-        for card in ("ok", "declined"):
+        for workflow, card in (("watched", "ok"), ("watched", "declined"), ("held", "declined")):
             reply = requests.post(
                 f"{server.url}/api/v1/sagas",
-                json={"workflow_name": "watched", "payload": {"card": card}},
+                json={"workflow_name": workflow, "payload": {"card": card}},
                 timeout=10,
             )
             assert reply.status_code in (200, 201, 202), reply.text
@@ -282,7 +286,13 @@ def exposed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:
         stub = saga_pb2_grpc.SagaServiceStub(server.channel)
         stub.ListWorkflows(saga_pb2.ListWorkflowsRequest(), timeout=10)
         for saga_id in ids:
-            wait_until(lambda s=saga_id: engine.get_saga(s)[0].terminal, 20, what="sagas to end")
+            wait_until(
+                lambda s=saga_id: (
+                    engine.get_saga(s)[0].status.value in ("COMPLETED", "FAILED", "PAUSED")
+                ),
+                20,
+                what="sagas to end or pause",
+            )
         requests.get(f"{server.url}/api/v1/sagas", timeout=10)
         text = requests.get(f"{server.url}/metrics", timeout=10).text
     finally:

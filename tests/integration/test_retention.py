@@ -174,7 +174,8 @@ def make(store: Store, wf: Workflow, status: SagaStatus, ended_days_ago: float) 
                 [result] = store.commit(OWNER, [CommitRequest(effect, token)], 30.0)
                 assert not result.fenced
                 if cancel and effect.step_logs and not result.cancel_requested:
-                    assert store.request_cancel(state.saga_id).accepted  # type: ignore[union-attr]
+                    outcome = store.request_cancel(state.saga_id, by="operator-1", at=clock())
+                    assert outcome is not None and outcome.accepted
                 if effect.state.status is status and status is not SagaStatus.COMPLETED:
                     return _stored(store, state.saga_id)
             elif isinstance(effect, CallParticipant):
@@ -247,7 +248,8 @@ def counter(name: str) -> float:
 
 def test_only_terminal_sagas_ended_before_the_cutoff_are_deleted(backing: Backing) -> None:
     """One pass deletes the COMPLETED, FAILED and CANCELLED sagas that ended more than
-    `retention_days` ago, with their step logs, published events and idempotency keys; running,
+    `retention_days` ago, with their step logs, operator actions, published events and
+    idempotency keys; running,
     waiting and compensating sagas of any age, and recent terminal ones, stay as they were."""
     store = backing.open()
     wf = store.register_workflow(WORKFLOW)
@@ -263,11 +265,24 @@ def test_only_terminal_sagas_ended_before_the_cutoff_are_deleted(backing: Backin
         make(store, wf, SagaStatus.COMPLETED, DAYS - 1),
         make(store, wf, SagaStatus.FAILED, 0),
     ]
+    # Operator actions on an old saga that goes and on two that stay (SPEC §11's audit).
+    at = datetime.now(UTC) - timedelta(days=DAYS + 40)
+    assert store.request_pause(kept[0].saga_id, by="operator-2", at=at) is not None
+    assert store.request_cancel(kept[1].saga_id, by="operator-3", at=at) is not None
     publish_all(store)
     backdate_events(backing, datetime.now(UTC) - timedelta(days=DAYS))
-    before = {s.saga_id: (store.get_saga(s.saga_id), store.get_step_logs(s.saga_id)) for s in kept}
+
+    def saved(saga_id: str) -> tuple[Any, ...]:
+        return (
+            store.get_saga(saga_id),
+            store.get_step_logs(saga_id),
+            store.operator_actions(saga_id),
+        )
+
+    before = {s.saga_id: saved(s.saga_id) for s in kept}
     events_before = outbox_saga_ids(backing, store)
     assert all(store.get_step_logs(s.saga_id) for s in old)
+    assert store.operator_actions(old[2].saga_id) and before[kept[0].saga_id][2]
     assert all(events_before.get(s.saga_id) for s in old + kept[1:])
     deleted_before = counter("saga_retention_deleted_total")
 
@@ -276,10 +291,13 @@ def test_only_terminal_sagas_ended_before_the_cutoff_are_deleted(backing: Backin
     for saga in old:
         assert store.get_saga(saga.saga_id) is None
         assert store.get_step_logs(saga.saga_id) == []
+        assert store.operator_actions(saga.saga_id) == []
     for saga in kept:
-        assert (store.get_saga(saga.saga_id), store.get_step_logs(saga.saga_id)) == before[
-            saga.saga_id
-        ]
+        assert saved(saga.saga_id) == before[saga.saga_id]
+    if backing.kind != "memory":  # no row of a deleted saga is left in any table
+        for table in ("saga_step_logs", "operator_actions", "outbox"):
+            rows = backing.sql(f"SELECT saga_id FROM {{s}}{table}")
+            assert not {str(r[0]) for r in rows} & {s.saga_id for s in old}, table
     events_after = outbox_saga_ids(backing, store)
     assert not {s.saga_id for s in old} & set(events_after)
     assert events_after == {k: v for k, v in events_before.items() if k in before}
