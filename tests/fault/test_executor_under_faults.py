@@ -168,7 +168,10 @@ def test_every_saga_keeps_its_promises_under_any_schedule_of_faults(
     if found:
         for saga_id in world.sagas:
             logs = world.store.inner.get_step_logs(saga_id)
-            note(f"logs of {saga_id}: " + ", ".join(f"{g.step_name}/{g.action.value}/{g.status.value}" for g in logs))
+            note(
+                f"logs of {saga_id}: "
+                + ", ".join(f"{g.step_name}/{g.action.value}/{g.status.value}" for g in logs)
+            )
             note(f"calls: {world.participants.made.get(saga_id)}")
     assert found == {}
 
