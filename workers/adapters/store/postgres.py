@@ -107,7 +107,9 @@ _LOG_COLUMNS = LOG_COLUMNS
 _ACTIVE = sql_list(ACTIVE_STATUSES)
 _PAUSABLE = sql_list(PAUSABLE_STATUSES)
 _CANCELLABLE = sql_list(CANCELLABLE_STATUSES)
-_TERMINAL = sql_list(TERMINAL_STATUSES)
+# In the order the partial index on ended sagas lists them (migration "ended_index"): SQLite
+# uses a partial index only when the query's condition spells its predicate the same way.
+_TERMINAL = sql_list(TERMINAL_STATUSES, order=("COMPLETED", "FAILED", "CANCELLED"))
 
 # --------------------------------------------------------------------------- statements
 # `{schema}` is replaced once per store by a validated identifier (see `qualify`).

@@ -9,7 +9,7 @@ and one line here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -36,9 +36,14 @@ LOG_COLUMNS = (
 )
 
 
-def sql_list(statuses: Collection[SagaStatus]) -> str:
-    """A status set of `saga.model` as an SQL list, so the stores filter on the core's sets."""
-    return ", ".join(f"'{s.value}'" for s in sorted(statuses))
+def sql_list(statuses: Collection[SagaStatus], order: Sequence[str] = ()) -> str:
+    """A status set of `saga.model` as an SQL list, so the stores filter on the core's sets
+    (in `order` when given: it must name exactly the set)."""
+    names = sorted(s.value for s in statuses)
+    if order:
+        assert sorted(order) == names, f"{order} is not {names}"
+        names = list(order)
+    return ", ".join(f"'{name}'" for name in names)
 
 
 Time = Callable[[Any], datetime]
