@@ -286,7 +286,7 @@ export function workflowDiagram(steps, { detailed = true } = {}) {
   const compY = topY + boxH + 60;
   const n = Math.max(steps.length, 1);
   const W = padX * 2 + n * boxW + (n - 1) * gap;
-  const H = detailed ? compY + boxH + 20 : topY + boxH + 20;
+  const H = detailed ? compY + boxH + 32 : topY + boxH + 20;
   const fwd = uid("fwd");
   const back = uid("back");
   const root = svg("svg", {
@@ -303,7 +303,8 @@ export function workflowDiagram(steps, { detailed = true } = {}) {
   );
   if (detailed) {
     root.append(
-      svg("text", { x: padX, y: compY - 12, class: "diagram-caption diagram-caption-back" }, "← Compensations, newest first"),
+      // Below the compensations: above them the arrows down would cross it.
+      svg("text", { x: padX, y: compY + boxH + 22, class: "diagram-caption diagram-caption-back" }, "← Compensations, newest first"),
     );
   }
   steps.forEach((step, i) => {

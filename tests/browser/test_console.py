@@ -278,6 +278,20 @@ def test_register_workflow_error_then_fix(
         lambda: len(page.find_elements(By.CSS_SELECTOR, "#workflow-diagram g.diagram-step")) == 3,
         what="three steps",
     )
+    # The server gives the whole definition: each step's service and method, the step table,
+    # and the server's own YAML of it.
+    definition = console.call("GET", "/api/v1/workflows/order-fulfillment").json()
+    assert not page.find_elements(By.ID, "diagram-note")
+    diagram = page.find_element(By.ID, "workflow-diagram").text
+    for step in definition["steps"]:
+        assert step["name"] in diagram and step["service"] in diagram
+    rows = page.find_elements(By.CSS_SELECTOR, "#workflow-steps tbody tr")
+    assert [r.find_elements(By.TAG_NAME, "td")[3].text for r in rows] == [
+        s["method"] for s in definition["steps"]
+    ]
+    shown = page.find_element(By.ID, "workflow-yaml-text").text
+    assert shown.strip() == definition["workflow_yaml"].strip()
+    assert page.find_element(By.ID, "workflow-version").text == f"version {definition['version']}"
     screenshot(page, "console-workflow-diagram", tmp_path)
 
 

@@ -101,6 +101,13 @@ def workflow_summary_view(workflow: Workflow) -> dict[str, Any]:
     }
 
 
+def _number(value: float | None) -> float | int | None:
+    """A number of seconds as it was written: 30, not 30.0 (the store keeps floats)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _retry_view(retry: RetryPolicy) -> dict[str, Any]:
     return {
         "max_attempts": retry.max_attempts,
@@ -118,7 +125,7 @@ def _step_view(step: Step) -> dict[str, Any]:
         "service": step.service,
         "method": step.method,
         "compensate": step.compensate,
-        "timeout_secs": step.timeout_secs,
+        "timeout_secs": _number(step.timeout_secs),
         "retry": _retry_view(step.retry),
         "input": step.input,
         "when": step.when,
@@ -147,7 +154,7 @@ def workflow_yaml(workflow: Workflow) -> str:
         "steps": [_step_view(s) for s in workflow.steps],
         "on_failure": workflow.on_failure.value,
         "on_compensation_failure": workflow.on_compensation_failure.value,
-        "deadline_secs": workflow.deadline_secs,
+        "deadline_secs": _number(workflow.deadline_secs),
     }
     return yaml.safe_dump(
         _without_nulls(document), sort_keys=False, allow_unicode=True, default_flow_style=False
@@ -164,6 +171,6 @@ def workflow_view(workflow: Workflow) -> dict[str, Any]:
         "steps": [_step_view(s) for s in workflow.steps],
         "on_failure": workflow.on_failure.value,
         "on_compensation_failure": workflow.on_compensation_failure.value,
-        "deadline_secs": workflow.deadline_secs,
+        "deadline_secs": _number(workflow.deadline_secs),
         "workflow_yaml": workflow_yaml(workflow),
     }
