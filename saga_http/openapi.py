@@ -24,6 +24,7 @@ from saga.model import (
 from saga_http.codes import ERROR_CODES
 from workers.adapters.auth import PUBLIC, ROLES_FOR
 from workers.config import Config
+from workers.service.engine import MAX_VERSION
 
 _UUID = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 # Strings the server takes hold no NUL (PostgreSQL cannot store one); lone surrogates, which
@@ -748,7 +749,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
                 },
                 "Version": _query(
                     "version",
-                    {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+                    {"type": "integer", "minimum": 1, "maximum": MAX_VERSION},
                     "that version (default: the latest); an unknown one is a 404",
                 ),
                 "Page": _query(

@@ -33,6 +33,9 @@ from workers.service.retention import Retention
 
 log = logging.getLogger("saga.engine")
 
+# The highest workflow version `get_workflow` takes (a query integer has at most 9 digits).
+MAX_VERSION = 999_999_999
+
 
 def open_store(config: Config) -> Store:
     """PostgreSQL when `DATABASE_URL` or a `database` section is given, else the SQLite file."""
@@ -190,7 +193,7 @@ class Engine:
         version."""
         limits = self.config.limits
         chosen = inputs.required_string(name, "name", limits.string_length)
-        number = inputs.positive_int(version, "version", default=0, maximum=2**31 - 1)
+        number = inputs.positive_int(version, "version", default=0, maximum=MAX_VERSION)
         workflow = self.store.get_workflow(chosen, number or None)
         if workflow is None:
             if number:
