@@ -346,10 +346,11 @@ def test_start_returns_201_with_id_and_status(server: GunicornServer) -> None:
 
 def test_saga_completes_and_shows_every_field(server: GunicornServer) -> None:
     """A started saga completes; GET shows every Saga and StepLog field, timestamps in
-    RFC 3339 UTC milliseconds, and absent values as null."""
+    RFC 3339 UTC milliseconds, absent values as null, and no operator action."""
     saga_id = start(server, payload={"order": 7}, initiated_by="tester")
     detail = wait_for(server, saga_id)
-    assert set(detail) == {"saga", "step_logs"}
+    assert set(detail) == {"saga", "step_logs", "operator_actions"}
+    assert detail["operator_actions"] == []  # nobody paused, resumed or cancelled it
     saga = detail["saga"]
     assert set(saga) == SAGA_FIELDS
     assert saga["saga_id"] == saga_id
