@@ -1,7 +1,11 @@
 """`saga demo`: demo participants (inventory, payment, shipping) on loopback, a real server
 (`saga serve` in a child process, on a throw-away SQLite file), the `order-fulfillment`
 workflow, one saga that completes and one whose payment is declined and is compensated.
-It prints both timelines and leaves nothing running."""
+It prints both timelines and leaves nothing running.
+
+The same participants (`BEHAVIOURS`, `start_demo_participants`) are what `saga serve` starts
+for `saga.demo_participants` (config/config.yaml, so `make run` completes the sample workflow).
+"""
 
 from __future__ import annotations
 
@@ -79,6 +83,42 @@ BEHAVIOURS: dict[str, dict[str, Any]] = {
 }
 
 
+class DemoParticipants:
+    """The demo participants running in this process: one gRPC server per service."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.ports: dict[str, int] = {}
+        self._servers: list[Any] = []
+
+    def add(self, name: str, server: Any, port: int) -> None:
+        """Keep `server`, which serves `name` on `port`, to be stopped with the others."""
+        self._servers.append(server)
+        self.ports[name] = port
+
+    def stop(self) -> None:
+        """Stop every participant server now and wait until each has stopped."""
+        for server in self._servers:
+            server.stop(grace=None).wait(5)
+        self._servers.clear()
+
+
+def start_demo_participants(host: str = "127.0.0.1") -> DemoParticipants:
+    """Start the inventory, payment and shipping participants of `BEHAVIOURS` in this process,
+    each on a free port of `host`; if one cannot start, stop the others and raise."""
+    from workers.scripted_participants import start_participant_server
+
+    running = DemoParticipants(host)
+    try:
+        for name, behaviour in BEHAVIOURS.items():
+            server, port = start_participant_server(behaviour, host=host)
+            running.add(name, server, port)
+    except BaseException:
+        running.stop()
+        raise
+    return running
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -86,18 +126,14 @@ def _free_port() -> int:
 
 
 def run_demo(out: Any = sys.stdout) -> int:
-    from workers.scripted_participants import start_participant_server
-
     workdir = Path(tempfile.mkdtemp(prefix="saga-demo-"))
-    servers = []
+    participants: DemoParticipants | None = None
     server_proc: subprocess.Popen[bytes] | None = None
     try:
-        ports = {}
-        for name, behaviour in BEHAVIOURS.items():
-            server, port = start_participant_server(behaviour)
-            servers.append(server)
-            ports[name] = port
-            print(f"participant {name} on 127.0.0.1:{port}", file=out)
+        participants = start_demo_participants()
+        ports = participants.ports
+        for name, port in ports.items():
+            print(f"participant {name} on {participants.host}:{port}", file=out)
         rest, grpc_port = _free_port(), _free_port()
         config = {
             "server": {"host": "127.0.0.1", "port": rest, "workers": 1},
@@ -192,6 +228,6 @@ def run_demo(out: Any = sys.stdout) -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(server_proc.pid, signal.SIGKILL)
                 server_proc.wait(5)
-        for server in servers:
-            server.stop(grace=None)
+        if participants is not None:
+            participants.stop()
         shutil.rmtree(workdir, ignore_errors=True)

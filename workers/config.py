@@ -17,6 +17,8 @@ from attrs import define, field
 
 DEFAULT_CONFIG_PATH = "config/config.yaml"
 DEFAULT_TOPIC = "k1s0.system.saga.events.v1"
+# A JSON (or YAML) mapping, name -> {host, port}, that replaces the `services` section.
+SERVICES_ENV = "SAGA_SERVICES"
 
 # "30s", "5m", "1h30m", "250ms" (as in the original design's config), or a bare number of seconds.
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|min|m|h)")
@@ -156,6 +158,10 @@ class SagaSection:
     # SPEC §13: ended sagas whose updated_at is older than this many days are deleted.
     # None (the default): nothing is ever deleted.
     retention_days: float | None = None
+    # `saga serve` only: start the demo participants of `saga demo` on loopback and point the
+    # services at them, when the configuration names no service of its own (with one, they are
+    # not started and the log says so). config/config.yaml sets it, so `make run` just works.
+    demo_participants: bool = False
 
 
 @define
@@ -212,8 +218,19 @@ _converter = cattrs.Converter(forbid_extra_keys=True)
 _SECTIONS = ("app", "server", "grpc", "database", "kafka", "saga", "auth", "limits")
 
 
+def _env_value(key: str, raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw else raw
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: not a valid value: {getattr(exc, 'problem', exc)}") from None
+
+
 def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> None:
     for key, raw in environ.items():
+        if key == SERVICES_ENV:
+            # Service names are not environment-variable names: the whole section at once.
+            data["services"] = _env_value(key, raw)
+            continue
         if not key.startswith("SAGA_") or key.count("_") < 2:
             continue
         rest = key[len("SAGA_") :].lower()
@@ -224,7 +241,7 @@ def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> None:
                 if not isinstance(target, dict):
                     target = {}
                     data[section] = target
-                target[name] = yaml.safe_load(raw) if raw else raw
+                target[name] = _env_value(key, raw)
                 break
 
 
