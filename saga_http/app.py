@@ -178,19 +178,22 @@ class _Api:
 
     def _count_paused(self) -> None:
         """Set the `saga_paused` gauge from the store, as of this scrape: one label per
-        workflow with PAUSED sagas; a workflow that has none any more goes (or, where labels
-        cannot be removed, the multiprocess files, reads 0). A store that does not answer
-        leaves the gauge as it was: /metrics still answers."""
+        workflow with PAUSED sagas. A workflow that has none any more goes; under gunicorn
+        (multiprocess files, where a label cannot be removed and another worker may hold an
+        older count) every known workflow without one is set to 0 instead. A store that does
+        not answer leaves the gauge as it was: /metrics still answers."""
         try:
             paused = self.engine.paused_by_workflow()
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                known = {w.name for w in self.engine.list_workflows()}
+                for workflow in sorted(known - set(paused)):
+                    metrics.PAUSED.labels(workflow).set(0)
+            else:
+                for workflow in self._paused_labels - set(paused):
+                    metrics.PAUSED.remove(workflow)
         except Exception:
             log.warning("saga_paused not updated: the saga store does not answer", exc_info=True)
             return
-        for workflow in self._paused_labels - set(paused):
-            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-                metrics.PAUSED.labels(workflow).set(0)
-            else:
-                metrics.PAUSED.remove(workflow)
         for workflow, count in paused.items():
             metrics.PAUSED.labels(workflow).set(count)
         self._paused_labels = set(paused)
@@ -204,6 +207,9 @@ class _Api:
             initiated_by=body.get("initiated_by"),
             idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
             principal=_caller(),
+            # W3C Trace Context (SPEC §12); several tracestate fields are one list (RFC 9110).
+            traceparent=request.headers.get("traceparent"),
+            tracestate=",".join(request.headers.getlist("tracestate")) or None,
         )
         if not created:
             # A replay: answer with the first saga as it is now, not as it was created.
