@@ -518,3 +518,56 @@ def test_workflow_yaml_is_plain_yaml_of_the_document(api: Api) -> None:
     assert document["on_compensation_failure"] == "pause"
     assert [s["name"] for s in document["steps"]] == ["reserve", "charge"]
     assert all(value is not None for step in document["steps"] for value in step.values())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a saga paused before its first step resumes into STARTED (saga.decide: the pause "
+    "keeps the status it paused from), not RUNNING as SPEC §4 and §11 say",
+)
+def test_a_saga_paused_before_its_first_step_resumes_running(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A pause asked for before any executor took the saga pauses it before its first step;
+    resume answers 200 with status RUNNING (SPEC §11: the saga goes RUNNING or COMPENSATING)
+    and the saga completes."""
+    participant, port = start_participant_server({})
+    directory = tmp_path_factory.mktemp("paused-before-start")
+    config_path = directory / "config.yaml"
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "services": {"shop": {"host": "127.0.0.1", "port": port}},
+                "saga": {
+                    "sqlite_path": str(directory / "saga.sqlite3"),
+                    "workflow_dir": str(directory / "none"),
+                    "claim_interval_ms": 30,
+                },
+            }
+        )
+    )
+    config = load_config(str(config_path))
+    serving = Engine.from_config(config, execute=False)  # an API process: executes nothing
+    serving.start()
+    server = LoopbackServer(create_app(config, serving))
+    executing: Engine | None = None
+    try:
+        client = Api(server.base)
+        text = yaml.safe_dump({"name": "op-first", "steps": _steps()}, sort_keys=False)
+        assert client.call("POST", "/api/v1/workflows", json={"workflow_yaml": text}).ok
+        saga_id = client.start("op-first", {"card": "ok"})
+        assert client.pause(saga_id).status_code == 200
+        executing = Engine.from_config(config)  # a worker comes up and takes the saga
+        executing.start()
+        paused = client.wait(saga_id, "PAUSED")
+        assert paused["step_logs"] == []
+        answer = client.resume(saga_id)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "RUNNING"
+        assert client.wait(saga_id, *TERMINAL)["saga"]["status"] == "COMPLETED"
+    finally:
+        server.close()
+        if executing is not None:
+            executing.close(grace_secs=2)
+        serving.close(grace_secs=2)
+        participant.stop(grace=None).wait(5)
