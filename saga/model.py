@@ -268,6 +268,10 @@ class SagaState:
     # The forward step at `current_step` may have been called by an executor that is gone: an
     # expired lease says so at a claim, and this keeps it across a pause and a resume.
     in_doubt: bool = False
+    # The saga's W3C trace context (SPEC §12), written when it is created and never changed:
+    # text the tracing adapter made and reads (`workers.adapters.tracing`). The core only
+    # carries it from state to state; it never reads it and makes no span.
+    trace_context: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -324,6 +328,7 @@ def new_saga(
     correlation_id: str | None,
     initiated_by: str | None,
     at: datetime,
+    trace_context: str | None = None,
 ) -> SagaState:
     """A saga as it is first written: STARTED at step 0."""
     return SagaState(
@@ -338,6 +343,7 @@ def new_saga(
         error_message=None,
         created_at=at,
         updated_at=at,
+        trace_context=trace_context,
     )
 
 

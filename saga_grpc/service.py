@@ -37,6 +37,7 @@ from saga_grpc.gen.k1s0.system.common.v1 import types_pb2
 from saga_grpc.gen.k1s0.system.saga.v1 import saga_pb2, saga_pb2_grpc
 from workers.adapters.auth import READ, WRITE, Forbidden, Principal, TokenVerifier, Unauthenticated
 from workers.adapters.metrics import GRPC_REQUESTS
+from workers.adapters.tracing import trace_id_of
 from workers.service import views
 from workers.service.engine import Engine
 
@@ -86,6 +87,20 @@ def token_authorizer(verifier: TokenVerifier) -> Authorizer:
             raise Denied(grpc.StatusCode.PERMISSION_DENIED, exc.message) from None
 
     return authorize
+
+
+def _trace_metadata(context: grpc.ServicerContext) -> dict[str, str]:
+    """The W3C Trace Context of a call's metadata (SPEC §12): its first `traceparent` and its
+    `tracestate` values as one list; whether they are valid is the engine's to judge."""
+    found: dict[str, list[str]] = {"traceparent": [], "tracestate": []}
+    for key, value in context.invocation_metadata() or ():
+        if key in found and isinstance(value, str):
+            found[key].append(value)
+    return {
+        key: ",".join(values[:1] if key == "traceparent" else values)
+        for key, values in found.items()
+        if values
+    }
 
 
 class Malformed:
@@ -146,12 +161,15 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
         self, request: saga_pb2.StartSagaRequest, context: grpc.ServicerContext
     ) -> saga_pb2.StartSagaResponse:
         def run(principal: Principal | None) -> saga_pb2.StartSagaResponse:
+            trace_context = _trace_metadata(context)
             state, _ = self._engine.start_saga(
                 request.workflow_name,
                 decode_payload(request.payload),
                 correlation_id=request.correlation_id or None,
                 initiated_by=request.initiated_by or None,
                 principal=principal.sub if principal is not None else None,
+                traceparent=trace_context.get("traceparent"),
+                tracestate=trace_context.get("tracestate"),
             )
             return saga_pb2.StartSagaResponse(saga_id=state.saga_id, status=state.status.value)
 
@@ -509,6 +527,7 @@ def saga_message(state: SagaState, encode: Encoder = encode_json) -> saga_pb2.Sa
         error_message=state.error_message or "",
         created_at=timestamp(state.created_at),
         updated_at=timestamp(state.updated_at),
+        trace_id=trace_id_of(state),
     )
 
 

@@ -153,6 +153,12 @@ def _schemas(config: Config) -> dict[str, Any]:
                 "error_message": {"type": ["string", "null"]},
                 "created_at": _ref("Timestamp"),
                 "updated_at": _ref("Timestamp"),
+                "trace_id": {
+                    "type": "string",
+                    "pattern": "^[0-9a-f]{32}$",
+                    "description": "the W3C trace id of the saga: the caller's when the start "
+                    "request carried a valid traceparent, else a new one (SPEC §12)",
+                },
             }
         ),
         "StepLog": _closed(
@@ -536,7 +542,10 @@ def _paths() -> dict[str, Any]:
                     ),
                 },
                 errors=("400", "404", "409", "413", "500"),
-                parameters=[{"$ref": "#/components/parameters/IdempotencyKey"}],
+                parameters=[
+                    {"$ref": f"#/components/parameters/{name}"}
+                    for name in ("IdempotencyKey", "Traceparent", "Tracestate")
+                ],
                 body="StartSagaRequest",
             ),
             "get": _operation(
@@ -732,6 +741,23 @@ def openapi_document(config: Config) -> dict[str, Any]:
                         "maxLength": 255,
                         "pattern": _IDEMPOTENCY_KEY,
                     },
+                },
+                "Traceparent": {
+                    "name": "traceparent",
+                    "in": "header",
+                    "required": False,
+                    "description": (
+                        "W3C Trace Context: the saga joins this trace (its trace_id); a value "
+                        "that is not valid W3C starts a new trace and is never an error"
+                    ),
+                    "schema": {"type": "string"},
+                },
+                "Tracestate": {
+                    "name": "tracestate",
+                    "in": "header",
+                    "required": False,
+                    "description": "W3C tracestate, passed on to participants with traceparent",
+                    "schema": {"type": "string"},
                 },
                 "SagaIdPath": {
                     "name": "saga_id",

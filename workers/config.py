@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import cattrs
 import yaml
@@ -174,6 +174,17 @@ class AuthConfig:
 
 
 @define
+class TelemetryConfig:
+    """SPEC §12: where spans are exported over OTLP (gRPC), and which sagas are traced.
+    Without the section nothing is exported; trace context is still passed on."""
+
+    otlp_endpoint: str  # http://host:port (plaintext) or https://host:port (TLS)
+    service_name: str = "saga-server"
+    # The share of new traces sampled, 0..1 (a trace a request joined keeps its caller's choice).
+    sample_ratio: float = 1.0
+
+
+@define
 class LimitsConfig:
     request_body_bytes: int = 1024 * 1024
     payload_bytes: int = 256 * 1024
@@ -198,6 +209,7 @@ class Config:
     saga: SagaSection = field(factory=SagaSection)
     auth: AuthConfig | None = None
     limits: LimitsConfig = field(factory=LimitsConfig)
+    telemetry: TelemetryConfig | None = None
     database_url: str | None = None
     source: str = "<defaults>"
 
@@ -215,7 +227,7 @@ class Config:
 
 _converter = cattrs.Converter(forbid_extra_keys=True)
 
-_SECTIONS = ("app", "server", "grpc", "database", "kafka", "saga", "auth", "limits")
+_SECTIONS = ("app", "server", "grpc", "database", "kafka", "saga", "auth", "limits", "telemetry")
 
 
 def _env_value(key: str, raw: str) -> Any:
@@ -338,6 +350,8 @@ def _check(config: Config, path: str) -> None:
     ):
         if getattr(config.limits, field_name) < 1:
             raise bad(f"limits.{field_name}", "must be >= 1")
+    if config.telemetry is not None:
+        _check_telemetry(config.telemetry, bad)
     if config.auth is not None:
         if not config.auth.jwks_url.startswith(("https://", "http://")):
             raise bad("auth.jwks_url", "must be an http(s) URL")
@@ -347,3 +361,22 @@ def _check(config: Config, path: str) -> None:
         for field_name in ("jwks_cache_ttl_secs", "leeway_secs"):
             if getattr(config.auth, field_name) < 0:
                 raise bad(f"auth.{field_name}", "must be >= 0")
+
+
+def _check_telemetry(telemetry: TelemetryConfig, bad: Callable[[str, str], ConfigError]) -> None:
+    endpoint = urlsplit(telemetry.otlp_endpoint)
+    try:
+        port = endpoint.port
+    except ValueError:
+        port = None
+    if endpoint.scheme not in ("http", "https") or not endpoint.hostname or port is None:
+        raise bad(
+            "telemetry.otlp_endpoint",
+            f"must be http://host:port or https://host:port, not {telemetry.otlp_endpoint!r}",
+        )
+    if endpoint.path not in ("", "/") or endpoint.query or endpoint.fragment:
+        raise bad("telemetry.otlp_endpoint", "must have no path: OTLP over gRPC is host:port")
+    if not telemetry.service_name.strip():
+        raise bad("telemetry.service_name", "must not be empty")
+    if not 0.0 <= telemetry.sample_ratio <= 1.0:
+        raise bad("telemetry.sample_ratio", "must be a number from 0 to 1")

@@ -46,6 +46,7 @@ SAGA_FIELDS = {
     "error_message",
     "created_at",
     "updated_at",
+    "trace_id",
 }
 STEP_LOG_FIELDS = {
     "id",

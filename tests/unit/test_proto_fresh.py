@@ -88,6 +88,7 @@ _CONTRACT: dict[str, list[tuple[str, int, str, bool]]] = {
         ("created_at", 9, ".k1s0.system.common.v1.Timestamp", False),
         ("updated_at", 10, ".k1s0.system.common.v1.Timestamp", False),
         ("status_enum", 11, ".k1s0.system.saga.v1.SagaStatus", False),
+        ("trace_id", 12, "string", False),  # SPEC §12, beyond the k1s0 protos
     ],
     "k1s0.system.saga.v1.SagaStepLogProto": [
         ("id", 1, "string", False),

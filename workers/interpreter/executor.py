@@ -58,6 +58,7 @@ from workers.adapters.store.base import (
     StoreRefused,
     refusal_reason,
 )
+from workers.adapters.tracing import RunTrace, Tracing
 
 log = logging.getLogger("saga.executor")
 
@@ -115,11 +116,12 @@ class _Run:
         "cancel",
         "call_started",
         "refusals",
+        "trace",
         "_body_of",
         "_body",
     )
 
-    def __init__(self, claimed: Claimed, workflow: Workflow) -> None:
+    def __init__(self, claimed: Claimed, workflow: Workflow, trace: RunTrace) -> None:
         self.state: SagaState = claimed.state
         self.committed: SagaState = claimed.state
         self.workflow = workflow
@@ -127,6 +129,7 @@ class _Run:
         self.cancel = claimed.cancel_requested
         self.call_started = 0.0
         self.refusals = 0
+        self.trace = trace
         self._body_of: object = None
         self._body = b""
 
@@ -158,6 +161,7 @@ class Executor:
         clock: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = lambda: random.uniform(-1.0, 1.0),
+        tracing: Tracing | None = None,
     ) -> None:
         self.owner = owner or f"executor-{uuid.uuid4()}"
         self._store = store
@@ -170,6 +174,8 @@ class Executor:
         self._clock = clock
         self._monotonic = monotonic
         self._jitter = jitter
+        # Trace context on every call; spans only when the tracing exports them (SPEC §12).
+        self._tracing = tracing or Tracing()
 
         self._runs: dict[str, _Run] = {}
         self._runs_lock = threading.Lock()
@@ -383,10 +389,12 @@ class Executor:
                 extra={"saga_id": call.saga_id, "step": call.step_name},
             )
         answers = itertools.count()
+        attempt = run.trace.attempt(call)
 
         def answered(result: CallResult) -> None:
             # One answer per attempt: a second one (a caller bug, a duplicated reply) is dropped.
             if next(answers) == 0:
+                attempt.end(result)
                 self._on_result(run, call, result)
             else:
                 log.warning(
@@ -396,7 +404,12 @@ class Executor:
                 )
 
         self._caller.call_async(
-            call.service, call.method, run.body(call), call.timeout_secs, call.metadata, answered
+            call.service,
+            call.method,
+            run.body(call),
+            call.timeout_secs,
+            call.metadata + attempt.metadata,
+            answered,
         )
 
     def _on_result(self, run: _Run, call: CallParticipant, result: CallResult) -> None:
@@ -471,12 +484,15 @@ class Executor:
                     max(0.0, time.monotonic() - run.call_started) if run.call_started else 0.0
                 )
         run.call_started = 0.0 if commit.step_logs else run.call_started
+        if commit.step_logs:
+            run.trace.logged(commit.step_logs)
         if next_index < len(effects):
             self._apply(run, effects, next_index)
             return
         current = phase(run.state)
         if current == ENDED:
             metrics.SAGAS_ENDED.labels(run.state.workflow_name, run.state.status.value).inc()
+            run.trace.ended(run.state)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "saga %s ended %s",
@@ -579,6 +595,7 @@ class Executor:
             if self._runs.get(saga_id) is run:
                 del self._runs[saga_id]
             metrics.IN_FLIGHT.set(len(self._runs))
+        run.trace.abandon()
         if release:
             try:
                 self._store.release(self.owner, {saga_id: run.token})
@@ -632,7 +649,7 @@ class Executor:
                     extra=_about(item.state),
                 )
                 continue
-            run = _Run(item, workflow)
+            run = _Run(item, workflow, self._tracing.run(item.state))
             with self._runs_lock:
                 self._runs[saga_id] = run
                 metrics.IN_FLIGHT.set(len(self._runs))

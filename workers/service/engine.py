@@ -26,6 +26,7 @@ from workers.adapters import metrics
 from workers.adapters.participant import ParticipantCaller
 from workers.adapters.relay import OutboxRelay
 from workers.adapters.store.base import SagaFilter, SagaPage, Store
+from workers.adapters.tracing import Tracing, start_context
 from workers.config import Config, DatabaseConfig
 from workers.interpreter import Executor, WorkflowCatalog, utc_now
 from workers.service import inputs
@@ -70,7 +71,9 @@ class Engine:
         self.catalog = WorkflowCatalog(store)
         self.executor: Executor | None = None
         self.caller: ParticipantCaller | None = None
+        self.tracing: Tracing | None = None
         if config.saga.execute if execute is None else execute:
+            self.tracing = Tracing.from_config(config.telemetry)
             self.caller = ParticipantCaller(
                 config.service_map,
                 max_send_bytes=config.limits.grpc_send_bytes,
@@ -85,6 +88,7 @@ class Engine:
                 lease_secs=config.saga.lease_secs,
                 claim_interval_secs=config.saga.claim_interval_ms / 1000.0,
                 commit_batch=config.saga.commit_batch,
+                tracing=self.tracing,
             )
         self.relay: OutboxRelay | None = None
         if relay and config.kafka is not None:
@@ -125,6 +129,8 @@ class Engine:
             self.executor.stop(grace_secs)
         if self.caller is not None:
             self.caller.close()
+        if self.tracing is not None:
+            self.tracing.close()  # after the executor: its last spans are exported too
         if self.relay is not None:
             self.relay.stop(grace_secs)
         self.store.close()
@@ -212,10 +218,14 @@ class Engine:
         initiated_by: Any = None,
         idempotency_key: Any = None,
         principal: str | None = None,
+        traceparent: Any = None,
+        tracestate: Any = None,
     ) -> tuple[SagaState, bool]:
         """Write a STARTED saga and return (saga, created). With an idempotency key already
         used for the same request, return the first saga and False; for another request, 409.
-        `principal` (the authenticated caller) is recorded as `initiated_by` when none is given."""
+        `principal` (the authenticated caller) is recorded as `initiated_by` when none is given.
+        The saga joins the W3C trace of `traceparent`/`tracestate` when they are valid, else
+        starts a new one (never an error, SPEC §12)."""
         limits = self.config.limits
         name = inputs.required_string(workflow_name, "workflow_name", limits.string_length)
         body = inputs.payload(payload, max_bytes=limits.payload_bytes, max_depth=limits.json_depth)
@@ -235,6 +245,7 @@ class Engine:
             correlation_id=correlation,
             initiated_by=initiator,
             at=utc_now(),
+            trace_context=start_context(traceparent, tracestate, self._sample_ratio),
         )
         request_hash = None
         if key is not None:
@@ -253,6 +264,11 @@ class Engine:
         if self.executor is not None:
             self.executor.wake()
         return stored, True
+
+    @property
+    def _sample_ratio(self) -> float:
+        telemetry = self.config.telemetry
+        return 1.0 if telemetry is None else telemetry.sample_ratio
 
     def get_saga(self, saga_id: Any) -> tuple[SagaState, list[StepLog]]:
         sid = inputs.saga_id(saga_id)

@@ -12,6 +12,7 @@ import yaml
 from saga.codec import format_timestamp
 from saga.model import OperatorAction, RetryPolicy, SagaState, Step, StepLog, Workflow
 from workers.adapters.store.base import SagaPage
+from workers.adapters.tracing import trace_id_of
 
 
 def saga_view(state: SagaState) -> dict[str, Any]:
@@ -26,6 +27,7 @@ def saga_view(state: SagaState) -> dict[str, Any]:
         "error_message": state.error_message,
         "created_at": format_timestamp(state.created_at),
         "updated_at": format_timestamp(state.updated_at),
+        "trace_id": trace_id_of(state),  # SPEC §12
     }
 
 

@@ -118,11 +118,11 @@ _CREATE_SAGA = f"""
 INSERT INTO {{schema}}.saga_states (
     id, workflow_name, workflow_version, status, current_step, payload, correlation_id,
     initiated_by, error_message, created_at, updated_at, compensation,
-    idempotency_key, request_hash)
+    idempotency_key, request_hash, trace_context)
 VALUES (
     %(id)s, %(workflow_name)s, %(workflow_version)s, %(status)s, %(current_step)s, %(payload)s,
     %(correlation_id)s, %(initiated_by)s, %(error_message)s, %(created_at)s, %(updated_at)s,
-    %(compensation)s, %(idempotency_key)s, %(request_hash)s)
+    %(compensation)s, %(idempotency_key)s, %(request_hash)s, %(trace_context)s)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING {_STATE_COLUMNS}, request_hash
 """
@@ -715,6 +715,7 @@ class PostgresStore(Store):
             "compensation": _jsonb(compensation_to_dict(state.compensation)),
             "idempotency_key": idempotency_key,
             "request_hash": request_hash,
+            "trace_context": state.trace_context,
         }
         # Another request with the same key may commit between our INSERT and SELECT, or (rarely)
         # the row it names may be gone by then; a few rounds settle either way.

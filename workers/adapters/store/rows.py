@@ -27,7 +27,7 @@ from saga.model import (
 STATE_COLUMNS = (
     "id, workflow_name, workflow_version, status, current_step, payload, correlation_id,"
     " initiated_by, error_message, created_at, updated_at, compensation, pause, resumes,"
-    " in_doubt"
+    " in_doubt, trace_context"
 )
 ACTION_COLUMNS = "action, resume_action, payload_replaced, actor, at"
 LOG_COLUMNS = (
@@ -68,6 +68,7 @@ def state_from_row(row: Mapping[str, Any], when: Time, json_value: Json) -> Saga
         pause=pause_from_dict(json_value(row["pause"])),
         resumes=row["resumes"],
         in_doubt=bool(row["in_doubt"]),
+        trace_context=row["trace_context"],
     )
 
 

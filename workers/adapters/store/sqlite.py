@@ -110,10 +110,11 @@ _NEXT_SEQ = "SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM saga_states"
 _CREATE_SAGA = """
 INSERT INTO saga_states (
     id, workflow_name, workflow_version, current_step, status, payload, correlation_id,
-    initiated_by, error_message, created_at, updated_at, idempotency_key, request_hash, seq)
+    initiated_by, error_message, created_at, updated_at, idempotency_key, request_hash, seq,
+    trace_context)
 VALUES (:id, :workflow_name, :workflow_version, :current_step, :status, :payload,
         :correlation_id, :initiated_by, :error_message, :created_at, :updated_at,
-        :idempotency_key, :request_hash, :seq)
+        :idempotency_key, :request_hash, :seq, :trace_context)
 """
 _GET_SAGA = f"SELECT {STATE_COLUMNS} FROM saga_states WHERE id = ?"
 # Insertion order: logs are written when a step ends, by the one executor holding the saga.
@@ -431,6 +432,7 @@ class SqliteStore(Store):
                     "idempotency_key": idempotency_key,
                     "request_hash": request_hash,
                     "seq": seq,
+                    "trace_context": state.trace_context,
                 },
             )
         return state, request_hash, True

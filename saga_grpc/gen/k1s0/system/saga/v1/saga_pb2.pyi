@@ -46,7 +46,7 @@ SAGA_STEP_STATUS_TIMEOUT: SagaStepStatus
 SAGA_STEP_STATUS_SKIPPED: SagaStepStatus
 
 class SagaStateProto(_message.Message):
-    __slots__ = ("id", "workflow_name", "current_step", "status", "payload", "correlation_id", "initiated_by", "error_message", "created_at", "updated_at", "status_enum")
+    __slots__ = ("id", "workflow_name", "current_step", "status", "payload", "correlation_id", "initiated_by", "error_message", "created_at", "updated_at", "status_enum", "trace_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_NAME_FIELD_NUMBER: _ClassVar[int]
     CURRENT_STEP_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class SagaStateProto(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     STATUS_ENUM_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     workflow_name: str
     current_step: int
@@ -69,7 +70,8 @@ class SagaStateProto(_message.Message):
     created_at: _types_pb2.Timestamp
     updated_at: _types_pb2.Timestamp
     status_enum: SagaStatus
-    def __init__(self, id: _Optional[str] = ..., workflow_name: _Optional[str] = ..., current_step: _Optional[int] = ..., status: _Optional[str] = ..., payload: _Optional[bytes] = ..., correlation_id: _Optional[str] = ..., initiated_by: _Optional[str] = ..., error_message: _Optional[str] = ..., created_at: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ..., status_enum: _Optional[_Union[SagaStatus, str]] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, id: _Optional[str] = ..., workflow_name: _Optional[str] = ..., current_step: _Optional[int] = ..., status: _Optional[str] = ..., payload: _Optional[bytes] = ..., correlation_id: _Optional[str] = ..., initiated_by: _Optional[str] = ..., error_message: _Optional[str] = ..., created_at: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ..., status_enum: _Optional[_Union[SagaStatus, str]] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class SagaStepLogProto(_message.Message):
     __slots__ = ("id", "saga_id", "step_index", "step_name", "action", "status", "request_payload", "response_payload", "error_message", "started_at", "completed_at", "action_enum", "status_enum")
