@@ -481,5 +481,5 @@ def test_a_bad_payload_encoding_stops_the_grpc_server_at_start(tmp_path: Path) -
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines[-1] == (
-        f"saga: {path}: grpc.payload_encoding: must be one of json, struct, not 'xml'"
+        f"saga: bad config: {path}: grpc.payload_encoding: must be one of json, struct, not 'xml'"
     )
