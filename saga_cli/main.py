@@ -19,8 +19,28 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from saga_cli.offline import simulate_file
+    from saga_cli.offline import explore_file, simulate_file
 
+    if args.explore:
+        scripted = [f for f, v in (("--fail", args.fail), ("--timeout", args.timeout)) if v]
+        scripted += ["--cancel-after"] if args.cancel_after is not None else []
+        if scripted:
+            print(
+                f"{', '.join(scripted)}: not with --explore, which tries every failure itself",
+                file=sys.stderr,
+            )
+            return 2
+        return explore_file(
+            args.workflow,
+            respond=args.respond,
+            payload=args.payload,
+            fmt=args.format or "text",
+            out=sys.stdout,
+            err=sys.stderr,
+        )
+    if args.format is not None:
+        print("--format: only with --explore", file=sys.stderr)
+        return 2
     return simulate_file(
         args.workflow,
         fail=args.fail,
@@ -100,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cancel-after", metavar="STEP", help="a cancel arrives once STEP has run")
     p.add_argument("--payload", default="{}", help="saga payload as JSON (default {})")
+    p.add_argument(
+        "--explore",
+        action="store_true",
+        help="drive every failure point of the workflow and print its compensation matrix and "
+        "warnings; exit 0 without warnings, 1 with, 2 for an invalid file",
+    )
+    p.add_argument(
+        "--format",
+        choices=("text", "markdown", "json"),
+        help="with --explore: text (default), markdown or json",
+    )
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("serve", help="REST + gRPC + saga execution in one command")
