@@ -365,9 +365,10 @@ def _on_resume_requested(state: SagaState, wf: Workflow, event: Any) -> Decision
                 base, status=SagaStatus.RUNNING, current_step=index + 1, error_message=None
             )
         else:
-            # continue or retry: the step in doubt (if any) is still in doubt until it runs.
+            # continue or retry: the step in doubt (if any) is still in doubt until it runs. A
+            # saga paused before its first step resumes RUNNING too (SPEC §11).
             resumed = evolve(
-                base, status=pause.resume_status, error_message=None, in_doubt=pause.in_doubt
+                base, status=SagaStatus.RUNNING, error_message=None, in_doubt=pause.in_doubt
             )
     else:
         held = state.compensation
@@ -383,6 +384,9 @@ def _on_resume_requested(state: SagaState, wf: Workflow, event: Any) -> Decision
             base, status=SagaStatus.COMPENSATING, compensation=comp, error_message=comp.cause
         )
     events: tuple[SagaEvent, ...] = (_event(resumed, EventType.SAGA_RESUMED),)
+    if pause.resume_status is SagaStatus.STARTED and resumed.status is SagaStatus.RUNNING:
+        # It leaves STARTED now: SAGA_RUNNING is published once, as for any saga (SPEC §6).
+        events = (*events, _event(resumed, EventType.SAGA_RUNNING))
     if pause.forward and action is ResumeAction.COMPENSATE:
         # Compensation begins now: consumers see it as they do any other (SPEC §6).
         events = (*events, _event(resumed, EventType.SAGA_COMPENSATING))

@@ -520,11 +520,6 @@ def test_workflow_yaml_is_plain_yaml_of_the_document(api: Api) -> None:
     assert all(value is not None for step in document["steps"] for value in step.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a saga paused before its first step resumes into STARTED (saga.decide: the pause "
-    "keeps the status it paused from), not RUNNING as SPEC §4 and §11 say",
-)
 def test_a_saga_paused_before_its_first_step_resumes_running(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
