@@ -5,18 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from selenium.webdriver.common.by import By
 
 from tests.browser.conftest import ConsoleServer, wait_for
 from tests.browser.test_console import open_ui, saga_status, set_field
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the executor does not act on a pause request at the next step boundary "
-    "(workers/interpreter/executor.py, Executor._committed): the saga runs on to its end",
-)
 def test_pause_then_resume_with_a_replaced_payload(page: Any, console: ConsoleServer) -> None:
     """Pause on a running saga's page takes effect at the next step boundary (PAUSED, only
     Resume and Cancel offered); a replaced payload that is not a JSON object is refused next

@@ -54,14 +54,6 @@ BEHAVIOUR: dict[str, Any] = {
 # The refund service is down: every refund is refused.
 REFUND_DOWN = {"fail": "UNAVAILABLE", "message": "refund service down"}
 
-# A pause request is read when a step's result is committed but not acted on until the saga
-# would end (workers/interpreter/executor.py, Executor._committed): the saga runs on past the
-# boundary where SPEC §11 stops it. These tests show it and pass once that is mended.
-PAUSE_AT_BOUNDARY = pytest.mark.xfail(
-    strict=True,
-    reason="the executor does not act on a pause request at the next step boundary",
-)
-
 
 def step(
     name: str, service: str, method: str, compensate: str | None = None, **extra: Any
@@ -308,7 +300,6 @@ def test_a_failed_compensation_pauses_and_a_retry_after_the_fix_finishes_it(
 # ----------------------------------------------------------------------------- pause requests
 
 
-@PAUSE_AT_BOUNDARY
 def test_a_pause_request_mid_step_stops_at_the_next_boundary(
     op: Operator, participant: ParticipantProcess
 ) -> None:
@@ -482,12 +473,6 @@ def scrapes(op: Operator, workflow: str) -> set[float | None]:
         return set(pool.map(lambda _: paused_gauge(op, workflow), range(40)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="saga_paused is a multiprocess gauge in `max` mode (workers/adapters/metrics.py): a "
-    "gunicorn worker that counted more PAUSED sagas earlier outweighs the one scraped now; "
-    "`mostrecent` keeps the count of the latest scrape",
-)
 def test_saga_paused_on_every_rest_worker_is_the_count_now(op: Operator) -> None:
     """Whichever gunicorn worker answers /metrics, saga_paused{workflow} is the number of that
     workflow's sagas PAUSED now: 2 while two are (every worker asked), 0 once both ended, even

@@ -113,14 +113,6 @@ def steps(reply: saga_pb2.GetSagaResponse) -> list[tuple[str, str, str]]:
     return [(g.step_name, g.action, g.status) for g in reply.step_logs]
 
 
-PAUSE_AT_BOUNDARY = pytest.mark.xfail(
-    strict=True,
-    reason="the executor does not pass a pause request read at a step's commit on to the next "
-    "boundary (workers/interpreter/executor.py, Executor._committed, IDLE branch)",
-)
-
-
-@PAUSE_AT_BOUNDARY
 def test_pause_takes_effect_at_the_boundary_and_resume_continues(
     stub: saga_pb2_grpc.SagaServiceStub,
 ) -> None:

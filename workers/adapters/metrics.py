@@ -77,7 +77,8 @@ PAUSED = Gauge(
     "saga_paused",
     "Sagas PAUSED now, waiting for an operator (read from the store at each scrape)",
     ["workflow"],
-    multiprocess_mode="max" if _MULTIPROC else "all",
+    # Set at every scrape by the process answering it: its value is the count now.
+    multiprocess_mode="mostrecent" if _MULTIPROC else "all",
 )
 PAUSES = Counter(
     "saga_pauses_total",

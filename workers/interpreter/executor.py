@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from saga.decide import ENDED, IDLE, decide, phase
+from saga.decide import ENDED, IDLE, PAUSED, decide, phase
 from saga.events import (
     CallParticipant,
     Commit,
@@ -501,12 +501,26 @@ class Executor:
                     extra=_about(run.state, run.workflow),
                 )
             self._forget(run, release=False)
+        elif current == PAUSED:
+            # Nothing runs while paused: the commit gave the lease back (SPEC §11).
+            pause = run.state.pause
+            if pause is None or pause.failed_step is None:
+                reason = "request"
+            else:
+                reason = "failure" if pause.forward else "compensation_failure"
+            metrics.PAUSES.labels(reason).inc()
+            self._forget(run, release=False)
         elif current == IDLE:
             if self._draining:
                 self._forget(run, release=True)
             else:
                 self._advance(
-                    run, Resume(at=self._clock(), cancel_requested=result.cancel_requested)
+                    run,
+                    Resume(
+                        at=self._clock(),
+                        cancel_requested=result.cancel_requested,
+                        pause_requested=result.pause_requested,
+                    ),
                 )
 
     def _refused(self, item: _Pending, exc: StoreRefused) -> None:
