@@ -226,8 +226,9 @@ LEGEND = (
     ),
     (
         "then resume",
-        "a PAUSED saga waits for an operator; the rows under it (5a, 5b) show what `saga "
-        "resume` does once every participant answers its sample again: the default action "
+        "a PAUSED saga waits for an operator; the rows under it (its number and a letter: 7a, "
+        "7b) show what `saga resume` does once every participant answers its sample again: the "
+        "default action "
         "(retry after a failure, continue after a pause request) and, for a pause in the "
         "forward phase, --action compensate",
     ),
@@ -461,7 +462,7 @@ def exploration_json(exploration: Exploration) -> dict[str, Any]:
                     "action": c.action.value,
                     "step": c.step,
                     "method": c.method,
-                    "request": c.request,
+                    "request": dict(c.request),
                     "attempts": c.attempts,
                     "result": c.result,
                 }
