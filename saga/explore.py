@@ -156,6 +156,8 @@ class Risk:
 
 @frozen
 class Exploration:
+    """What `explore` found: the rows of the compensation matrix, in order, and the risks."""
+
     workflow: Workflow
     payload: Mapping[str, Any]
     samples: Mapping[str, Mapping[str, Any]]
