@@ -13,7 +13,7 @@ def test_importing_saga_loads_no_io_library() -> None:
     """A fresh interpreter that imports every core module has none of the I/O libraries loaded."""
     code = (
         "import sys, json\n"
-        "import saga, saga.codec, saga.decide, saga.events, saga.model, saga.simulation, saga.workflow\n"
+        "import saga, saga.codec, saga.decide, saga.events, saga.expressions, saga.explore, saga.invariants, saga.model, saga.simulation, saga.values, saga.workflow\n"
         f"print(json.dumps([m for m in {IO_MODULES!r} if m in sys.modules]))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
