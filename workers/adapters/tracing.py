@@ -9,9 +9,9 @@ own span, the caller's span it hangs from, the sampling decision and the caller'
 `tracestate`; the store keeps that text with the saga (`SagaState.trace_context`, never
 changed). Any executor holding the saga rebuilds the saga's span from it as a remote parent,
 so the step spans of a recovered saga hang from the same span as those made before the crash,
-and the executor that ends the saga reports the saga's span itself, with the stored ids, the
-saga's `created_at` as its start and its last `updated_at` as its end (a saga that never ends
-reports no saga span; its step spans are reported as they end).
+and the executor that ends the saga reports the saga's span itself, with the stored ids, from
+the saga's `created_at` to the commit of its terminal status (a saga that never ends reports
+no saga span; its step spans are reported as they end).
 
 Spans: `saga <workflow>` per saga; `execute <step>` / `compensate <step>` per step execution
 or compensation (from its first attempt to its step log: retries add attempts, not steps); and
@@ -296,7 +296,6 @@ class RunTrace:
                 "rpc.method": method,
                 **self._saga,
                 "saga.step": call.step_name,
-                "saga.step_index": call.step_index,
                 "saga.action": call.action.value,
                 "saga.attempt": call.attempt,
             },
@@ -347,7 +346,7 @@ class RunTrace:
             )
         if state.error_message:
             span.set_status(Status(StatusCode.ERROR, state.error_message[:_MAX_DESCRIPTION]))
-        span.end(end_time=max(_ns(state.updated_at), _ns(state.created_at)))
+        span.end()  # now: the terminal state was just written
 
 
 class Tracing:
