@@ -61,6 +61,7 @@ TRACESTATE = "tracestate"
 _PROPAGATOR = TraceContextTextMapPropagator()
 _SPAN_ID_MASK = 2**64 - 1
 _GRPC_CODES = {code.name: code.value[0] for code in grpc.StatusCode}
+_EXPORT_TIMEOUT_SECS = 3.0
 # An error message on a span is a hint, not the step log: kept short.
 _MAX_DESCRIPTION = 256
 
@@ -380,6 +381,9 @@ class Tracing:
         exporter = OTLPSpanExporter(
             endpoint=telemetry.otlp_endpoint,
             insecure=telemetry.otlp_endpoint.startswith("http://"),
+            # Each export (with its retries) gives up after this long, so a collector that is
+            # down delays a clean stop by at most about this much; its spans are dropped.
+            timeout=_EXPORT_TIMEOUT_SECS,
         )
         provider.add_span_processor(BatchSpanProcessor(exporter))
         return cls(provider, ids)
