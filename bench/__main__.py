@@ -35,6 +35,7 @@ FIGURES = (
     "events",
     "profile",
     "retention",
+    "inputs",
 )
 
 
@@ -210,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
                             workdir, part, pg_url, kafka, quick=args.quick, results=results
                         ),
                     )
+            figure(
+                "inputs",
+                lambda: _mod("inputs").inputs(
+                    workdir, part, pg_url, quick=args.quick, runs=runs, results=results
+                ),
+            )
             figure("profile", lambda: _profile(workdir, part, pg_url, out_dir, stamp, results))
     finally:
         c.stop_all()

@@ -170,6 +170,17 @@ WORKFLOWS = {
     "bench-10": 10,
 }
 COMPENSATION_WORKFLOW = "bench-comp-3"
+# bench-3 with an `input` on every step (SPEC §10): step 0 reads the payload, each later step
+# the payload and the previous step's response (the bench participant echoes its request).
+INPUT_WORKFLOW = "bench-3-input"
+
+
+def step_inputs(n: int) -> list[str]:
+    """The `input` expressions of the steps of INPUT_WORKFLOW (over the seed payload)."""
+    first = "{order_id: payload.order_id, amount: payload.amount}"
+    return [first] + [
+        f'{{order_id: payload.order_id, prev: steps."s{i - 1}".response}}' for i in range(1, n)
+    ]
 
 
 def write_workflows(directory: Path) -> Path:
@@ -190,6 +201,21 @@ def write_workflows(directory: Path) -> Path:
         (directory / f"{name}.yaml").write_text(
             yaml.safe_dump({"name": name, "steps": steps}, sort_keys=False)
         )
+    steps = [
+        {
+            "name": f"s{i}",
+            "service": SERVICE,
+            "method": f"Bench.Step{i}",
+            "compensate": f"Bench.Undo{i}",
+            "timeout_secs": 30,
+            "retry": dict(retry),
+            "input": expr,
+        }
+        for i, expr in enumerate(step_inputs(WORKFLOWS["bench-3"]))
+    ]
+    (directory / f"{INPUT_WORKFLOW}.yaml").write_text(
+        yaml.safe_dump({"name": INPUT_WORKFLOW, "steps": steps}, sort_keys=False)
+    )
     steps = [
         {
             "name": f"s{i}",
@@ -331,7 +357,11 @@ def pg_truncate(url: str) -> None:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE saga.saga_step_logs, saga.saga_states, saga.outbox")
+        # Every table that references saga_states goes with it; the per-status counters too.
+        conn.execute(
+            "TRUNCATE saga.saga_step_logs, saga.operator_actions, saga.saga_states, "
+            "saga.outbox, saga.saga_counts"
+        )
 
 
 # --------------------------------------------------------------------------- seeding sagas
@@ -351,8 +381,13 @@ def register_workflows(config_path: Path) -> None:
         engine.close()
 
 
+# The payload of every seeded saga; the `input` expressions of INPUT_WORKFLOW read both fields.
+SEED_PAYLOAD = {"order_id": "bench", "amount": 42}
+
+
 def seed_template(config_path: Path, workflow: str) -> str:
-    """Start one saga through Engine.start_saga (execute=False); return its id."""
+    """Start one saga (payload SEED_PAYLOAD) through Engine.start_saga (execute=False); return
+    its id."""
     from workers.config import load_config
     from workers.service.engine import Engine
 
@@ -361,7 +396,7 @@ def seed_template(config_path: Path, workflow: str) -> str:
     )
     try:
         engine.load_workflow_dir()
-        state, _ = engine.start_saga(workflow, {"order_id": "bench", "amount": 42})
+        state, _ = engine.start_saga(workflow, dict(SEED_PAYLOAD))
         return state.saga_id
     finally:
         engine.close()

@@ -66,10 +66,11 @@ FIGURE_KEYS: dict[str, tuple[str, ...]] = {
     "events": ("events",),
     "profile": ("profile",),
     "retention": ("retention",),
+    "inputs": ("inputs",),
 }
 # Figures added after the latest full run: a run is full without them, and they come in from
 # partial runs (`--only`).
-LATER_FIGURES = frozenset({"retention"})
+LATER_FIGURES = frozenset({"retention", "inputs"})
 
 
 def _stamp(path: Path) -> str:
@@ -143,6 +144,7 @@ def merge(base_path: Path, overlays: list[Path]) -> dict[str, Any]:
                     "run": stamp,
                     "figures": took,
                     "loadavg_at_start": ov.get("machine", {}).get("loadavg_at_start"),
+                    "cpu_model": ov.get("machine", {}).get("cpu_model"),
                 }
             )
     res["sources"] = sources
@@ -231,11 +233,19 @@ def write(path: Path, overlays: list[Path] | None = None) -> Path:
     w("")
     if res.get("merged_from"):
         w(
-            "Merged with later partial runs (`python -m bench --only ...`) on the same machine and "
-            "PostgreSQL cluster; their figures replace the full run's: "
+            "Merged with later partial runs (`python -m bench --only ...`) on the same setup (the "
+            "test PostgreSQL cluster; the CPU named where it is not the full run's); their "
+            "figures replace the full run's: "
             + "; ".join(
                 f"`bench/results/{m['run']}.json`: {', '.join(m['figures'])} "
-                f"(load average at start {m.get('loadavg_at_start')})"
+                f"(load average at start {m.get('loadavg_at_start')}"
+                + (
+                    f"; CPU {m['cpu_model']}, not the full run's"
+                    if m.get("cpu_model")
+                    and m["cpu_model"] != res.get("machine", {}).get("cpu_model")
+                    else ""
+                )
+                + ")"
                 for m in res["merged_from"]
             )
             + ". Which run each figure comes from:"
@@ -280,6 +290,7 @@ def write(path: Path, overlays: list[Path] | None = None) -> Path:
     _api(res, w)
     _events(res, w)
     _retention(res, w)
+    _inputs(res, w)
     if res.get("findings"):
         w("## Findings of the re-measured figures")
         w("")
@@ -788,6 +799,172 @@ def _retention(res: dict[str, Any], w: Any) -> None:
         w("")
         w("</details>")
         w("")
+
+
+def _inputs(res: dict[str, Any], w: Any) -> None:
+    inp = res.get("inputs")
+    if not inp or not inp.get("stores"):
+        return
+    plain, with_input = "bench-3", "bench-3-input"
+    exprs = inp.get("workflows", {}).get(with_input) or []
+    mach = inp.get("machine") or {}
+    w("## 11. Cost of step inputs (SPEC §10)")
+    w("")
+    w(
+        f"`{with_input}` is `{plain}` with an `input` on every step: "
+        + "; ".join(f"`s{i}`: `{e}`" for i, e in enumerate(exprs))
+        + f'. The participant echoes its request (plus `"ok": true`), so each step\'s request '
+        "carries the responses before it. Method: as in figure 1, "
+        f"{inp['workers']} worker, {_f(inp['n'])} sagas per run (~{_f(3 * inp['n'])} steps); the "
+        f"two workflows run interleaved ({inp.get('order')}), {inp['pairs']} pairs per store, so "
+        "the shared machine's load falls on both alike. Median (min–max) of the runs of each "
+        "variant; the ratio is input ÷ plain steps/s, of the medians and per pair (each input "
+        "run ÷ the plain run just before it). **Worker CPU per step** = the worker process's "
+        "user + system CPU time (/proc) ÷ the step logs written, between the polls at 10% and "
+        "90% of the sagas done: it does not count the time the worker waits for a core, so it "
+        "is far less noisy than a rate on a shared machine. After every run the store is "
+        "checked: every saga COMPLETED, and the last step's stored request is what its "
+        "expression makes of the echoed responses."
+        + (
+            f" Measured on {mach.get('cpu_model')}, {mach.get('cores')} cores (load average at "
+            f"start {mach.get('loadavg_at_start')})."
+            if mach.get("cpu_model")
+            else ""
+        )
+    )
+    w("")
+    w(
+        f"| store | `{plain}` steps/s | `{with_input}` steps/s | input ÷ plain (medians) "
+        "| per-pair ratio | worker CPU per step, plain / input (µs) | CPU input ÷ plain | checks |"
+    )
+    w("|---|---:|---:|---:|---:|---:|---:|:---:|")
+    for store, e in inp["stores"].items():
+        a, b = e[plain], e[with_input]
+        ratio = e.get("ratio_of_medians")
+        cpu_a = (a.get("worker_cpu_us_per_step") or {}).get("median")
+        cpu_b = (b.get("worker_cpu_us_per_step") or {}).get("median")
+        cpu_r = e.get("cpu_ratio_of_medians")
+        w(
+            f"| {store} | {_mmm(a['steps_per_s'])} | {_mmm(b['steps_per_s'])} | "
+            f"**{_f(ratio, 3)}**{_pct(ratio)} | {_mmm(e.get('pair_ratios'), 3)} | "
+            f"{_f(cpu_a)} / {_f(cpu_b)} | **{_f(cpu_r, 3)}**{_pct(cpu_r)} | "
+            f"{'ok' if e.get('all_checks_ok') else '**failed**'} |"
+        )
+    w("")
+    for store, e in inp["stores"].items():
+        order = ", ".join(
+            f"{_f(x['steps_per_s'])} / {_f(y['steps_per_s'])}"
+            for x, y in zip(e[plain]["runs"], e[with_input]["runs"], strict=False)
+        )
+        w(f"- {store}, steps/s in run order (plain / input, per pair): {order}")
+    w("")
+    core = inp.get("core")
+    if core:
+        dec = core["decide_us_per_run"]
+        steps = core["steps"]
+        w(
+            f"Core cost: `saga.decide` driven in-process over whole {steps}-step runs "
+            f"({core['decisions_per_run'][plain]} decisions each: resume, call, echo reply, commit, "
+            f"…, completion), {_f(core['runs_per_repetition'])} runs per repetition, both "
+            f"workflows alternating, median (min–max) of {core['repetitions']} repetitions:"
+        )
+        w("")
+        w("| | decide per saga (µs) | per step (µs) |")
+        w("|---|---:|---:|")
+        for wf in (plain, with_input):
+            s = dec[wf]
+            w(f"| `{wf}` | {_mmm(s, 1)} | {_f(s['median'] / steps, 1)} |")
+        w(
+            f"| inputs add | **{_f(core['input_extra_us_per_run'], 1)}** | "
+            f"**{_f(core['input_extra_us_per_step'], 1)}** |"
+        )
+        w("")
+        parts = core.get("evaluation_parts_us") or {}
+        if parts:
+            w(
+                f"One evaluation of the last step's `input` (the largest context; a "
+                f"{core.get('last_step_request_bytes')}-byte request), in its parts: "
+                + "; ".join(f"{k} {_f(v['median'], 1)} µs" for k, v in parts.items())
+                + "."
+            )
+            w("")
+        extra = core["input_extra_us_per_step"]
+        lines = []
+        for store, e in inp["stores"].items():
+            cpu_a = (e[plain].get("worker_cpu_us_per_step") or {}).get("median")
+            cpu_b = (e[with_input].get("worker_cpu_us_per_step") or {}).get("median")
+            sp = e[plain]["steps_per_s"]
+            ratio = e.get("ratio_of_medians")
+            if not cpu_a or not cpu_b or not sp.get("median") or ratio is None:
+                continue
+            spread = (sp["max"] - sp["min"]) / sp["median"]
+            prof = (e.get("profile") or {}).get(with_input, {}).get("areas") or {}
+            ex_share = prof.get("saga/expressions.py (input evaluation)")
+            lines.append(
+                f"**{store}**: the expressions' {_f(extra, 1)} µs are {extra / cpu_a:.1%} of the "
+                f"worker's {_f(cpu_a)} µs of CPU per plain step, so if the worker's CPU is the "
+                f"limit they alone give a ratio of about {cpu_a / (cpu_a + extra):.3f}; "
+                f"measured: {ratio:.3f} of the medians, {_f(e['pair_ratios']['median'], 3)} per "
+                f"pair, and {_f(cpu_b)} µs of worker CPU per step with inputs "
+                f"({(cpu_b / cpu_a - 1) * 100:+.0f}%)"
+                + (
+                    f"; in the profile the expressions are {ex_share:.1%} of the worker's Python "
+                    "samples with inputs"
+                    if ex_share is not None
+                    else ""
+                )
+                + f". The plain runs alone spread over {spread:.0%} of their median"
+            )
+        if lines:
+            w("Reading:")
+            w("")
+            for line in lines:
+                w(f"- {line}.")
+            w("")
+            w(
+                "Besides the expressions, the input variant moves larger requests and responses "
+                "(each step's request nests the responses before it: encoded for the call, "
+                "decoded from the reply, written to the step log). A difference smaller than the "
+                "spread of the plain runs is not resolved by runs this short on a shared "
+                "machine; the in-process core figure is the steadiest of these."
+            )
+            w("")
+    for store, e in inp["stores"].items():
+        prof = e.get("profile")
+        if not prof:
+            continue
+        a, b = prof.get(plain, {}), prof.get(with_input, {})
+        w(
+            f"Profile ({store}): py-spy `--gil` "
+            f"(the thread holding the GIL, i.e. the worker's Python work; {_f(a.get('samples'))} "
+            f"samples plain, {_f(b.get('samples'))} with inputs) on the worker of {a.get('runs')} "
+            f"more runs of {_f(b.get('n'))} sagas per variant, interleaved, from the first saga "
+            "done to 90% of them. Share of the samples with the area on the stack (areas "
+            "overlap: the expressions run inside decide, JSON inside the store and the call):"
+        )
+        w("")
+        w(f"| area | `{plain}` | `{with_input}` |")
+        w("|---|---:|---:|")
+        for area in b.get("areas", {}):
+            x, y = a.get("areas", {}).get(area), b["areas"][area]
+            w(f"| {area} | {_f(100 * (x or 0), 1)}% | {_f(100 * (y or 0), 1)}% |")
+        w(
+            f"| worker CPU per step in these runs (/proc) | {_f(a.get('worker_cpu_us_per_step'))} µs "
+            f"| {_f(b.get('worker_cpu_us_per_step'))} µs |"
+        )
+        w("")
+        top = b.get("top_self") or []
+        if top:
+            w(
+                "Top self time with inputs: "
+                + "; ".join(f"`{name}` {share:.1%}" for name, share in top[:8])
+                + "."
+            )
+            w("")
+
+
+def _pct(ratio: float | None) -> str:
+    return "" if ratio is None else f" ({(ratio - 1) * 100:+.1f}%)".replace("-", "−")
 
 
 def _cli(argv: list[str]) -> int:

@@ -17,7 +17,9 @@ of the same saga (commit of step k + decide + issuing the next call). One in fli
 
 from __future__ import annotations
 
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +78,10 @@ def _run_once(
     workers: int,
     timeout: float,
     max_concurrent: int = 100,
+    on_poll: Callable[[list[subprocess.Popen[bytes]], int], None] | None = None,
 ) -> dict[str, Any]:
+    """One run of `n` sagas of `workflow` by `workers` fresh workers; `on_poll(workers, done)`
+    is called at every poll of the counts."""
     target.fresh()
     part.reset()
     cfg = target.config(part.port, f"tp-{workflow}-{workers}", max_concurrent=max_concurrent)
@@ -92,6 +97,8 @@ def _run_once(
         while time.monotonic() < deadline:
             counts = reader.counts()
             done = sum(counts.get(s, 0) for s in c.TERMINAL)
+            if on_poll is not None:
+                on_poll(procs, done)
             if done >= n:
                 break
             if any(p.poll() is not None for p in procs):
