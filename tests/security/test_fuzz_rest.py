@@ -113,7 +113,10 @@ def requests_to_send(draw: st.DrawFn, known_saga: str) -> dict[str, Any]:
             st.just("a" * 2000),
         )
     )
-    path = route.rule.replace("<saga_id>", quote(saga_id, safe=""))
+    name = draw(st.one_of(st.just("rest-order"), scalar_text.filter(bool)))
+    path = route.rule.replace("<saga_id>", quote(saga_id, safe="")).replace(
+        "<path:name>", quote(name, safe="")
+    )
     query = draw(
         st.dictionaries(
             st.one_of(st.sampled_from(LIST_QUERY), st.sampled_from(["foo", "page[]"])),
@@ -189,7 +192,7 @@ class Oracle:
             return [f"{where}: server error {response.text[:300]}"]
         if not response.headers.get("X-Request-Id"):
             found.append(f"{where}: no X-Request-Id")
-        template = route.rule.replace("<", "{").replace(">", "}")
+        template = route.template
         operation = self.document["paths"][template].get(sent["method"].lower())
         body: Any = None
         if response.headers.get("Content-Type") == "application/json":
