@@ -117,7 +117,9 @@ def _chromium_or_end() -> None:
             f"scripts/chromium.sh did not install it:\n{done.stderr[-2000:]}",
             pytrace=False,
         )
-    pytest.skip(f"{CHROMIUM} or {CHROMEDRIVER} missing: run `bash scripts/chromium.sh` (as root)")
+    pytest.skip(
+        f"{CHROMIUM} or {CHROMEDRIVER} missing: run `bash scripts/chromium.sh` (as root; under CI this fails)"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -130,7 +132,7 @@ def browser() -> Iterator[Any]:
     except ImportError:
         if in_ci():
             pytest.fail("selenium is not installed (pip install -e '.[test]')", pytrace=False)
-        pytest.skip("selenium is not installed (pip install -e '.[test]')")
+        pytest.skip("selenium is not installed (pip install -e '.[test]'; under CI this fails)")
     # Selenium never looks for or downloads a driver or a browser: both are given.
     os.environ["SE_OFFLINE"] = "true"
     os.environ["SE_AVOID_STATS"] = "true"
