@@ -44,8 +44,9 @@ test: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-# Benchmarks (BENCHMARKS.md): installs the bench extras, starts the services, runs every figure
-# (< 30 min; BENCH_ARGS=--quick for the ~2-minute subset) and regenerates BENCHMARKS.md.
+# Benchmarks (BENCHMARKS.md): installs the bench extras, starts the services and the durable
+# bench cluster (scripts/postgres.sh start-durable: fsync on, pg_stat_statements), runs every
+# figure (< 35 min; BENCH_ARGS=--quick for the ~2-minute subset) and regenerates BENCHMARKS.md.
 # wrk (Debian) drives the REST API figure; without it a Python load generator stands in.
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
@@ -53,7 +54,9 @@ bench: $(STAMP)
 	  { apt-get update -qq >/dev/null; apt-get install -y -q wrk >/dev/null; }; } || \
 	  echo "bench: wrk not installed (apt-get install wrk); the REST load generator is Python"
 	bash scripts/services.sh up
-	set -a; [ -f .services/env ] && . .services/env; set +a; \
+	bash scripts/postgres.sh start-durable
+	set -a; [ -f .services/env ] && . .services/env; \
+	  [ -f .services/postgres-durable.env ] && . .services/postgres-durable.env; set +a; \
 	  $(BIN)/python -m bench $(BENCH_ARGS)
 
 # Chaos run (RELIABILITY.md): workers SIGKILLed and SIGSTOPped, PostgreSQL restarted, the broker

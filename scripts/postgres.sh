@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Test-only PostgreSQL server on loopback: a dedicated Debian cluster "saga_test" on port 55432.
+# For the benchmarks, a second cluster "saga_durable" on port 55433 with PostgreSQL's durable
+# defaults (fsync, synchronous_commit, full_page_writes on) and pg_stat_statements.
 #
 #   scripts/postgres.sh start    install PostgreSQL from Debian if missing, create the cluster
 #                                (once), start it, create role/database saga (idempotent), wait
@@ -8,6 +10,14 @@
 #   scripts/postgres.sh stop     stop that cluster (only that one)
 #   scripts/postgres.sh status   exit 0 when it answers, 3 when not
 #   scripts/postgres.sh env      print the KEY=VALUE lines tests need
+#
+#   scripts/postgres.sh start-durable   the same for cluster saga_durable (role/database saga,
+#                                extension pg_stat_statements, the saga role may read and reset
+#                                the statistics); writes SAGA_BENCH_DURABLE_DATABASE_URL into
+#                                .services/postgres-durable.env. Only `make bench` needs it.
+#   scripts/postgres.sh stop-durable    stop that cluster (only that one)
+#   scripts/postgres.sh status-durable  exit 0 when it answers, 3 when not
+#   scripts/postgres.sh env-durable     print its KEY=VALUE lines
 #
 # With SAGA_TEST_DATABASE_URL already set to another server, start only checks that it answers
 # and writes it out; stop then leaves it alone.
@@ -19,6 +29,20 @@ ENVF="$SVC/postgres.env"
 CLUSTER=saga_test
 PORT=55432
 OWN_URL="postgresql://saga:saga@127.0.0.1:$PORT/saga"
+# Which cluster the commands act on: "test" (the defaults above) or "durable" (use_durable).
+MODE=test
+URL_VAR=SAGA_TEST_DATABASE_URL
+CLUSTER_VAR=SAGA_TEST_PG_CLUSTER
+
+use_durable() {
+    MODE=durable
+    ENVF="$SVC/postgres-durable.env"
+    CLUSTER=saga_durable
+    PORT=55433
+    OWN_URL="postgresql://saga:saga@127.0.0.1:$PORT/saga"
+    URL_VAR=SAGA_BENCH_DURABLE_DATABASE_URL
+    CLUSTER_VAR=SAGA_BENCH_DURABLE_PG_CLUSTER
+}
 
 log() { echo "postgres.sh: $*" >&2; }
 die() { echo "postgres.sh: ERROR: $*" >&2; exit 1; }
@@ -35,12 +59,13 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2 || die "apt-get install $* failed"
 }
 
-# An external server: SAGA_TEST_DATABASE_URL set to something other than our own cluster's URL.
+# An external server: SAGA_TEST_DATABASE_URL set to something other than our own cluster's URL
+# (the test cluster only; the durable one is always ours).
 external_url() {
-    [ -n "${SAGA_TEST_DATABASE_URL:-}" ] && [ "$SAGA_TEST_DATABASE_URL" != "$OWN_URL" ]
+    [ "$MODE" = test ] && [ -n "${SAGA_TEST_DATABASE_URL:-}" ] && [ "$SAGA_TEST_DATABASE_URL" != "$OWN_URL" ]
 }
 
-# Major version of the saga_test cluster if it exists, else the newest installed server.
+# Major version of the $CLUSTER cluster if it exists, else the newest installed server.
 pg_version() {
     local v
     if command -v pg_lsclusters >/dev/null; then
@@ -67,11 +92,28 @@ cluster_running() { pg_ctlcluster "$1" "$CLUSTER" status >/dev/null 2>&1; }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# Settings for a throwaway test server; kept in conf.d so an existing cluster picks them up too.
+# Settings for a throwaway test server (or the durable bench server); kept in conf.d so an
+# existing cluster picks them up too.
 write_conf() {
     local v="$1" f="/etc/postgresql/$1/$CLUSTER/conf.d/zz-saga-test.conf" tmp
+    [ "$MODE" = durable ] && f="/etc/postgresql/$1/$CLUSTER/conf.d/zz-saga-durable.conf"
     tmp="$(mktemp)"
-    cat >"$tmp" <<EOF
+    if [ "$MODE" = durable ]; then
+        cat >"$tmp" <<EOF
+# Written by scripts/postgres.sh (saga bench server). PostgreSQL's durable defaults, stated.
+listen_addresses = '127.0.0.1'
+port = $PORT
+max_connections = 300
+fsync = on
+synchronous_commit = on
+full_page_writes = on
+shared_preload_libraries = 'pg_stat_statements'
+pg_stat_statements.track = top
+track_io_timing = on
+track_wal_io_timing = on
+EOF
+    else
+        cat >"$tmp" <<EOF
 # Written by scripts/postgres.sh (saga test server). Not for production: durability is off.
 listen_addresses = '127.0.0.1'
 port = $PORT
@@ -80,6 +122,7 @@ fsync = off
 synchronous_commit = off
 full_page_writes = off
 EOF
+    fi
     mkdir -p "$(dirname "$f")"
     if [ -f "$f" ] && cmp -s "$tmp" "$f"; then
         rm -f "$tmp"
@@ -94,6 +137,25 @@ psql_super() {
     (cd / && runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p "$PORT" -d postgres "$@")
 }
 
+psql_super_db() {
+    local db="$1"
+    shift
+    (cd / && runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p "$PORT" -d "$db" "$@")
+}
+
+# The durable cluster: pg_stat_statements in database saga, and the saga role may read every
+# statistic, reset them (the bench does before a measured run) and run CHECKPOINT.
+durable_grants() {
+    psql_super_db saga <<'SQL' >&2 || die "could not set up pg_stat_statements in database saga"
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
+GRANT pg_monitor, pg_checkpoint TO saga;
+SELECT format('GRANT EXECUTE ON FUNCTION %s TO saga', p.oid::regprocedure)
+FROM pg_proc p
+WHERE p.proname IN ('pg_stat_statements_reset', 'pg_stat_reset_shared', 'pg_stat_reset') \gexec
+SQL
+}
+
 wait_ready() {
     local url="$1" i
     for i in $(seq 1 60); do
@@ -106,9 +168,9 @@ wait_ready() {
 write_env() {
     mkdir -p "$SVC"
     {
-        printf 'SAGA_TEST_DATABASE_URL=%s\n' "$1"
+        printf '%s=%s\n' "$URL_VAR" "$1"
         # Quoted: the value has a space, and the file is meant to be sourced by sh.
-        if [ -n "${2:-}" ]; then printf "SAGA_TEST_PG_CLUSTER='%s'\n" "$2"; fi
+        if [ -n "${2:-}" ]; then printf "%s='%s'\n" "$CLUSTER_VAR" "$2"; fi
     } >"$ENVF.tmp"
     mv "$ENVF.tmp" "$ENVF"
 }
@@ -175,6 +237,7 @@ $$;
 SELECT 'CREATE DATABASE saga OWNER saga'
 WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'saga') \gexec
 SQL
+    if [ "$MODE" = durable ]; then durable_grants; fi
     wait_ready "$OWN_URL" || die "cluster $v $CLUSTER started but $OWN_URL does not answer"
     write_env "$OWN_URL" "$v $CLUSTER"
     psql "$OWN_URL" -X -qAtc 'SELECT version()'
@@ -217,8 +280,8 @@ cmd_env() {
     fi
     local v
     v="$(pg_version)" || die "PostgreSQL is not installed; run: $0 start"
-    printf 'SAGA_TEST_DATABASE_URL=%s\n' "$OWN_URL"
-    printf "SAGA_TEST_PG_CLUSTER='%s'\n" "$v $CLUSTER"
+    printf '%s=%s\n' "$URL_VAR" "$OWN_URL"
+    printf "%s='%s'\n" "$CLUSTER_VAR" "$v $CLUSTER"
 }
 
 case "${1:-}" in
@@ -226,5 +289,9 @@ case "${1:-}" in
     stop) cmd_stop ;;
     status) cmd_status ;;
     env) cmd_env ;;
-    *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
+    start-durable) use_durable; cmd_start ;;
+    stop-durable) use_durable; cmd_stop ;;
+    status-durable) use_durable; cmd_status ;;
+    env-durable) use_durable; cmd_env ;;
+    *) echo "usage: $0 start|stop|status|env|start-durable|stop-durable|status-durable|env-durable" >&2; exit 2 ;;
 esac
