@@ -10,7 +10,7 @@ import enum
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from attrs import field, frozen
 
@@ -320,10 +320,21 @@ class SagaEvent:
     timestamp: datetime
 
 
+class WorkflowRef(Protocol):
+    """What a new saga needs of its workflow: a `Workflow`, or a name whose version the store
+    resolves when it writes the saga."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+
 def new_saga(
     *,
     saga_id: str,
-    workflow: Workflow,
+    workflow: WorkflowRef,
     payload: Mapping[str, Any],
     correlation_id: str | None,
     initiated_by: str | None,

@@ -36,7 +36,7 @@ from saga.model import (
     step_log_id,
 )
 from tests.services import in_ci, pg_cluster, require_postgres
-from workers.adapters.store.base import CommitRequest, SagaFilter
+from workers.adapters.store.base import CommitRequest, SagaFilter, UnknownWorkflow
 from workers.adapters.store.migrate import load_migrations, migrate_postgres
 from workers.adapters.store.postgres import PostgresStore, list_statements
 
@@ -100,6 +100,18 @@ def sql(url: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, .
     with psycopg.connect(url, autocommit=True) as conn:
         cur = conn.execute(query, params or None)
         return cur.fetchall() if cur.description is not None else []
+
+
+def make_state(i: int) -> SagaState:
+    """A new saga of WORKFLOW (not written)."""
+    return new_saga(
+        saga_id=str(uuid.uuid4()),
+        workflow=WORKFLOW,
+        payload={"order": i},
+        correlation_id=None,
+        initiated_by=None,
+        at=datetime.now(UTC).replace(microsecond=0) + timedelta(milliseconds=i),
+    )
 
 
 def make_sagas(store: PostgresStore, n: int) -> list[SagaState]:
@@ -479,6 +491,89 @@ def test_store_replaces_connections_killed_by_the_server(url: str, schema: str) 
             assert store.get_saga(saga.saga_id) == saga
     finally:
         store.close()
+
+
+def test_a_start_sent_again_after_its_answer_was_lost_writes_one_saga(
+    store: PostgresStore, url: str, schema: str
+) -> None:
+    """The store sends a statement again when its connection broke under it; for a start that
+    is safe only if a second run of the INSERT (the first one committed, its answer lost) finds
+    its own row and writes nothing: the same saga, created, one row, with or without a key."""
+    state = make_state(0)
+    first = store.create_saga(state)
+    again = store.create_saga(state)
+    assert first == again == (state, None, True)
+    keyed = make_state(1)
+    first = store.create_saga(keyed, idempotency_key="k-1", request_hash="h")
+    again = store.create_saga(keyed, idempotency_key="k-1", request_hash="h")
+    assert first == again == (keyed, "h", True)
+    rows = sql(url, f"SELECT count(*) FROM {schema}.saga_states")
+    assert rows == [(2,)]
+
+
+def test_a_start_on_connections_the_server_ended_costs_no_failed_call(
+    url: str, schema: str
+) -> None:
+    """No probe on checkout: the pooled connections are dead after the server ended them, and
+    starts still succeed (the INSERT is sent again on a live connection), each exactly once."""
+    app = f"saga-test-{schema}"
+    sep = "&" if "?" in url else "?"
+    store = PostgresStore(f"{url}{sep}application_name={app}", schema=schema, min_size=3)
+    try:
+        store.register_workflow(WORKFLOW)
+        make_sagas(store, 1)
+        killed = sql(
+            url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (app,),
+        )
+        assert killed and all(row[0] for row in killed)
+        made = [store.create_saga(make_state(i), latest_version=True) for i in range(1, 6)]
+        assert all(created for _, _, created in made)
+        rows = sql(url, f"SELECT count(*), min(workflow_version) FROM {schema}.saga_states")
+        assert rows == [(6, 1)]
+    finally:
+        store.close()
+
+
+def test_a_start_at_the_latest_version_reads_it_in_the_insert(store: PostgresStore) -> None:
+    """`latest_version`: the saga gets the newest registered version, whatever the state says;
+    an unknown workflow is `UnknownWorkflow` and writes nothing."""
+    v1 = store.register_workflow(WORKFLOW)
+    v2 = store.register_workflow(evolve(WORKFLOW, steps=WORKFLOW.steps[:1]))
+    assert (v1.version, v2.version) == (1, 2)
+    saga, _, created = store.create_saga(make_state(0), latest_version=True)
+    assert created and saga.workflow_version == 2
+    assert store.get_saga(saga.saga_id) == saga
+    with pytest.raises(UnknownWorkflow):
+        store.create_saga(
+            evolve(make_state(1), workflow_name="no-such-workflow"), latest_version=True
+        )
+    assert store.list_sagas(SagaFilter(), 1, 10).total_count == 1
+
+
+def test_an_executor_listening_is_told_of_a_start_and_a_resume(
+    stores: Callable[..., PostgresStore],
+) -> None:
+    """`wakeups`: one store's start (and only a committed one) reaches another store's
+    listener through NOTIFY; after `stop`, nothing more is heard."""
+    api, executor = stores(), stores()
+    api.register_workflow(WORKFLOW)
+    heard = threading.Event()
+    stop = executor.wakeups(heard.set)
+    try:
+        time.sleep(0.3)  # LISTEN is in place
+        heard.clear()
+        api.create_saga(make_state(0), latest_version=True)
+        assert heard.wait(5), "no wake-up after a start"
+        heard.clear()
+        with pytest.raises(UnknownWorkflow):
+            api.create_saga(evolve(make_state(1), workflow_name="nope"), latest_version=True)
+        assert not heard.wait(0.5), "a start that wrote nothing woke the executor"
+    finally:
+        stop()
+    api.create_saga(make_state(2), latest_version=True)
+    assert not heard.wait(0.5)
 
 
 def test_unreachable_server_fails_fast() -> None:

@@ -191,11 +191,18 @@ class Executor:
         self._threads: list[threading.Thread] = []
         self._down: dict[str, str] = {}
         self._first_claim = True
+        self._stop_listening: Callable[[], None] | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
         metrics.EXECUTOR_HEALTHY.set(1)
+        # A saga started, resumed or cancelled by any process is claimed at once; the claim
+        # poll only catches what a lost wake-up missed and expired leases (recovery).
+        try:
+            self._stop_listening = self._store.wakeups(self.wake)
+        except Exception as exc:
+            log.warning("cannot listen for new sagas (%s); claiming by polling only", exc)
         for name, loop in (
             ("claimer", self._claim_loop),
             ("committer", self._commit_loop),
@@ -209,7 +216,8 @@ class Executor:
             self._threads.append(thread)
 
     def wake(self) -> None:
-        """Claim now rather than at the next poll (a saga was just started here)."""
+        """Claim now rather than at the next poll (a saga was just started, resumed or
+        cancelled, here or in another process)."""
         self._wake.set()
 
     def held(self) -> int:
@@ -230,6 +238,9 @@ class Executor:
         back the leases of every saga still held so another executor takes them at once."""
         self._draining = True
         self._wake.set()
+        if self._stop_listening is not None:
+            self._stop_listening()
+            self._stop_listening = None
         # A claim in flight finishes (and its sagas are adopted) before the leases are counted,
         # so none stays leased to an executor that is gone.
         with self._claim_lock:

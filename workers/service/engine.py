@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from attrs import evolve
+from attrs import evolve, frozen
 
 from saga.codec import format_timestamp, workflow_to_dict
 from saga.decide import decide, resolved_resume_action
@@ -25,7 +25,7 @@ from saga.workflow import parse_workflow
 from workers.adapters import metrics
 from workers.adapters.participant import ParticipantCaller
 from workers.adapters.relay import OutboxRelay
-from workers.adapters.store.base import SagaFilter, SagaPage, Store
+from workers.adapters.store.base import SagaFilter, SagaPage, Store, UnknownWorkflow
 from workers.adapters.tracing import Tracing, start_context
 from workers.config import Config, DatabaseConfig
 from workers.interpreter import Executor, WorkflowCatalog, utc_now
@@ -234,13 +234,10 @@ class Engine:
             initiated_by = principal
         initiator = inputs.optional_string(initiated_by, "initiated_by", limits.string_length)
         key = inputs.idempotency_key(idempotency_key)
-        workflow = self.store.get_workflow(name)
-        if workflow is None:
-            raise NotFound(f"workflow not found: {name}")
-        self.catalog.remember(workflow)
+        # The version is the latest one, read by the store in the insert (one round trip).
         state = new_saga(
             saga_id=str(uuid.uuid4()),
-            workflow=workflow,
+            workflow=_Unversioned(name),
             payload=body,
             correlation_id=correlation,
             initiated_by=initiator,
@@ -253,9 +250,12 @@ class Engine:
                 [name, body, correlation, initiator], sort_keys=True, separators=(",", ":")
             )
             request_hash = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
-        stored, stored_hash, created = self.store.create_saga(
-            state, idempotency_key=key, request_hash=request_hash
-        )
+        try:
+            stored, stored_hash, created = self.store.create_saga(
+                state, idempotency_key=key, request_hash=request_hash, latest_version=True
+            )
+        except UnknownWorkflow:
+            raise NotFound(f"workflow not found: {name}") from None
         if not created:
             if stored_hash != request_hash:
                 raise Conflict("Idempotency-Key was already used with a different request")
@@ -423,6 +423,14 @@ class Engine:
     def _wake(self) -> None:
         if self.executor is not None:
             self.executor.wake()
+
+
+@frozen
+class _Unversioned:
+    """A workflow by name; the store writes the saga at its latest version."""
+
+    name: str
+    version: int = 0
 
 
 def _same_definition(a: Workflow, b: Workflow) -> bool:

@@ -12,7 +12,7 @@ executor whose lease was taken over changes nothing and reports `fenced`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol
@@ -45,6 +45,18 @@ class SagaPage:
 class StoreRefused(Exception):
     """The store is up and refused to keep this data as given (a value it cannot hold, a broken
     constraint). Any other exception from a store means it could not be reached or answer."""
+
+
+class UnknownWorkflow(LookupError):
+    """`create_saga(..., latest_version=True)` for a workflow name that has no version."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+#: What `Store.wakeups` returns: call it to stop listening.
+StopListening = Callable[[], None]
 
 
 def refusal_reason(exc: BaseException) -> str:
@@ -152,9 +164,15 @@ class Store(abc.ABC):
         *,
         idempotency_key: str | None = None,
         request_hash: str | None = None,
+        latest_version: bool = False,
     ) -> tuple[SagaState, str | None, bool]:
         """Insert a new STARTED saga. With an idempotency key that already exists, insert
-        nothing and return the existing saga. Returns (saga, stored request hash, created)."""
+        nothing and return the existing saga. Returns (saga, stored request hash, created).
+
+        With `latest_version`, the saga is written at the latest registered version of
+        `state.workflow_name`, read in the same statement as the insert (one round trip for a
+        start), whatever `state.workflow_version` says; `UnknownWorkflow` when there is none.
+        Every executor listening through `wakeups` is told a saga was created."""
 
     @abc.abstractmethod
     def get_saga(self, saga_id: str, *, with_steps: bool = False) -> SagaState | None:
@@ -258,6 +276,14 @@ class Store(abc.ABC):
 
     # -------------------------------------------------------------- lifecycle
 
+    def wakeups(self, wake: Callable[[], None]) -> StopListening:
+        """Call `wake` soon after any process commits a saga an executor should take now (one
+        just started, resumed, or cancelled while paused), so it is claimed without waiting for
+        the next poll. Best effort: a lost wake-up costs one claim interval, never a saga.
+        Returns the function that stops listening. The default listens to nothing."""
+        del wake
+        return _no_op
+
     @abc.abstractmethod
     def ping(self) -> None:
         """Raise if the store cannot answer."""
@@ -293,3 +319,7 @@ class DeleteEnded(Protocol):
         of the saga). A saga with an event not yet published is skipped until it is (events
         are never lost); a saga that is not terminal is never touched. Returns how many
         sagas were deleted (fewer than `limit`: none are left for now)."""
+
+
+def _no_op() -> None:
+    return None

@@ -36,7 +36,9 @@ from workers.adapters.store.base import (
     SagaFilter,
     SagaPage,
     SagaStats,
+    StopListening,
     Store,
+    UnknownWorkflow,
 )
 from workers.adapters.store.events import event_body
 
@@ -93,6 +95,7 @@ class MemoryStore(Store):
         self._event_ids: set[str] = set()
         self._lock = threading.RLock()
         self._workflows: dict[str, list[Workflow]] = {}
+        self._listeners: list[Callable[[], None]] = []
         self._sagas: dict[str, _Row] = {}
         self._keys: dict[str, str] = {}
         self._logs: dict[str, list[StepLog]] = {}
@@ -130,17 +133,24 @@ class MemoryStore(Store):
         *,
         idempotency_key: str | None = None,
         request_hash: str | None = None,
+        latest_version: bool = False,
     ) -> tuple[SagaState, str | None, bool]:
         with self._lock:
             if idempotency_key is not None and idempotency_key in self._keys:
                 row = self._sagas[self._keys[idempotency_key]]
                 return row.state, row.hash, False
+            if latest_version:
+                versions = self._workflows.get(state.workflow_name)
+                if not versions:
+                    raise UnknownWorkflow(state.workflow_name)
+                state = evolve(state, workflow_version=versions[-1].version)
             self._seq += 1
             self._sagas[state.saga_id] = _Row(state, idempotency_key, request_hash, self._seq)
             if idempotency_key is not None:
                 self._keys[idempotency_key] = state.saga_id
             self._logs[state.saga_id] = []
-            return state, request_hash, True
+        self._tell()
+        return state, request_hash, True
 
     def get_saga(self, saga_id: str, *, with_steps: bool = False) -> SagaState | None:
         with self._lock:
@@ -224,7 +234,9 @@ class MemoryStore(Store):
             row.owner, row.expires = None, 0.0
             row.actions.append(action)
             self._keep_logs_and_events(commit)
-            return True
+        if state.status in ACTIVE_STATUSES:
+            self._tell()
+        return True
 
     def paused_by_workflow(self) -> dict[str, int]:
         with self._lock:
@@ -399,6 +411,23 @@ class MemoryStore(Store):
         return pruned
 
     # ---------------------------------------------------------------- lifecycle
+
+    def wakeups(self, wake: Callable[[], None]) -> StopListening:
+        with self._lock:
+            self._listeners.append(wake)
+
+        def stop() -> None:
+            with self._lock:
+                if wake in self._listeners:
+                    self._listeners.remove(wake)
+
+        return stop
+
+    def _tell(self) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for wake in listeners:
+            wake()
 
     def ping(self) -> None:
         return None

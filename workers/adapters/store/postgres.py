@@ -15,8 +15,11 @@ bound parameters.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -25,11 +28,11 @@ from typing import Any
 
 import psycopg
 from attrs import evolve
-from psycopg import Connection
+from psycopg import Connection, sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from saga.codec import (
     compensation_to_dict,
@@ -65,8 +68,10 @@ from workers.adapters.store.base import (
     SagaFilter,
     SagaPage,
     SagaStats,
+    StopListening,
     Store,
     StoreRefused,
+    UnknownWorkflow,
     refusal_reason,
 )
 from workers.adapters.store.events import event_body
@@ -114,18 +119,60 @@ _TERMINAL = sql_list(TERMINAL_STATUSES, order=("COMPLETED", "FAILED", "CANCELLED
 # --------------------------------------------------------------------------- statements
 # `{schema}` is replaced once per store by a validated identifier (see `qualify`).
 
-_CREATE_SAGA = f"""
-INSERT INTO {{schema}}.saga_states (
+_CREATE_COLUMNS = """
     id, workflow_name, workflow_version, status, current_step, payload, correlation_id,
     initiated_by, error_message, created_at, updated_at, compensation,
-    idempotency_key, request_hash, trace_context)
-VALUES (
-    %(id)s, %(workflow_name)s, %(workflow_version)s, %(status)s, %(current_step)s, %(payload)s,
-    %(correlation_id)s, %(initiated_by)s, %(error_message)s, %(created_at)s, %(updated_at)s,
-    %(compensation)s, %(idempotency_key)s, %(request_hash)s, %(trace_context)s)
-ON CONFLICT (idempotency_key) DO NOTHING
-RETURNING {_STATE_COLUMNS}, request_hash
+    idempotency_key, request_hash, trace_context"""
+
+# Any conflict inserts nothing: on the idempotency key (another request's saga, read next), or
+# on the id, which only this request's earlier attempt can have written (ids are random), when
+# a broken connection lost its answer and the statement was sent again.
+# Every new saga tells the listening executors (`wakeups`): NOTIFY is sent at commit, only if
+# the row was inserted.
+_CREATE_SAGA = f"""
+WITH ins AS (
+    INSERT INTO {{schema}}.saga_states ({_CREATE_COLUMNS})
+    VALUES (
+        %(id)s, %(workflow_name)s, %(workflow_version)s, %(status)s, %(current_step)s,
+        %(payload)s, %(correlation_id)s, %(initiated_by)s, %(error_message)s, %(created_at)s,
+        %(updated_at)s, %(compensation)s, %(idempotency_key)s, %(request_hash)s,
+        %(trace_context)s)
+    ON CONFLICT DO NOTHING
+    RETURNING {_STATE_COLUMNS}, request_hash
+),
+told AS (SELECT pg_notify(%(channel)s, '') FROM ins)
+SELECT ins.*, (SELECT count(*) FROM told) AS told FROM ins
 """
+
+# The same at the latest version of the workflow, resolved in the statement: a start is one
+# round trip. No row when the workflow has no version (or on a conflict, as above).
+_CREATE_SAGA_LATEST = f"""
+WITH wf AS (
+    SELECT version FROM {{schema}}.workflow_definitions
+    WHERE name = %(workflow_name)s ORDER BY version DESC LIMIT 1
+),
+ins AS (
+    INSERT INTO {{schema}}.saga_states ({_CREATE_COLUMNS})
+    SELECT
+        %(id)s, %(workflow_name)s, wf.version, %(status)s, %(current_step)s,
+        %(payload)s, %(correlation_id)s, %(initiated_by)s, %(error_message)s, %(created_at)s,
+        %(updated_at)s, %(compensation)s, %(idempotency_key)s, %(request_hash)s,
+        %(trace_context)s
+    FROM wf
+    ON CONFLICT DO NOTHING
+    RETURNING {_STATE_COLUMNS}, request_hash
+),
+told AS (SELECT pg_notify(%(channel)s, '') FROM ins)
+SELECT ins.*, (SELECT count(*) FROM told) AS told FROM ins
+"""
+
+_SAGA_BY_ID = f"""
+SELECT {_STATE_COLUMNS}, request_hash FROM {{schema}}.saga_states WHERE id = %s
+"""
+
+_WORKFLOW_EXISTS = "SELECT 1 FROM {schema}.workflow_definitions WHERE name = %s LIMIT 1"
+
+_NOTIFY = "SELECT pg_notify(%s, '')"
 
 _SAGA_BY_IDEMPOTENCY_KEY = f"""
 SELECT {_STATE_COLUMNS}, request_hash FROM {{schema}}.saga_states WHERE idempotency_key = %s
@@ -562,6 +609,75 @@ def _session_setup(statement_timeout: float | None) -> Callable[[Connection[Any]
     return configure
 
 
+# A call that finds its connection broken is sent again this many times in all (`_rows`);
+# idle connections are checked at most this often.
+_ATTEMPTS = 3
+_CHECK_EVERY_SECS = 0.2
+
+
+def _connection_lost(exc: psycopg.OperationalError) -> bool:
+    """The connection went away under the statement (client side: no SQLSTATE; or the server
+    ending sessions: class 08, admin/crash shutdown), as opposed to an error of the statement
+    itself (a cancelled query) or a pool with no connection to give (`PoolTimeout`)."""
+    if isinstance(exc, PoolTimeout):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+
+
+def wake_channel(schema: str) -> str:
+    """The NOTIFY channel of one schema's sagas (a channel name is at most 63 bytes)."""
+    name = f"saga_wake.{schema}"
+    if len(name.encode()) <= 63:
+        return name
+    return "saga_wake." + hashlib.sha256(schema.encode()).hexdigest()[:40]
+
+
+class _Listener:
+    """One `LISTEN` connection and its thread (see `PostgresStore.wakeups`)."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        kwargs: Mapping[str, Any],
+        channel: str,
+        wake: Callable[[], None],
+    ) -> None:
+        self._conninfo = conninfo
+        self._kwargs = {**kwargs, "autocommit": True}
+        self._channel = channel
+        self._wake = wake
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="saga-listen", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(_LISTEN_POLL_SECS * 2)
+
+    def _run(self) -> None:
+        backoff = 0.1
+        listen = sql.SQL("LISTEN {}").format(sql.Identifier(self._channel))
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self._conninfo, **self._kwargs) as conn:
+                    conn.execute(listen)
+                    backoff = 0.1
+                    self._wake()  # whatever was started while nobody listened
+                    while not self._stopping.is_set():
+                        for _ in conn.notifies(timeout=_LISTEN_POLL_SECS):
+                            self._wake()
+            except psycopg.Error as exc:
+                log.debug("listen connection lost (%s); retrying", type(exc).__name__)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+
+_LISTEN_POLL_SECS = 0.1  # how soon the listening thread sees it is to stop
+
+
 # --------------------------------------------------------------------------- the store
 
 
@@ -603,17 +719,23 @@ class PostgresStore(Store):
             open=False,
             configure=_session_setup(statement_timeout),
             max_lifetime=max_lifetime,  # `database.conn_max_lifetime`
-            # A connection that died with the server is found and replaced before it is
-            # handed out, so a restart costs no failed call once the server is back. (Probing
-            # only idle connections saves a round trip but lets a just-killed one fail a call.)
-            check=ConnectionPool.check_connection,
+            # No probe on every checkout (a round trip per call): a connection found broken by
+            # a call makes the pool check every idle one, and the call is sent again when that
+            # is safe (`_rows`), so a server restart still costs no failed call.
             timeout=timeout,
             reconnect_timeout=reconnect_timeout,
             name=f"saga-store-{schema}",
         )
         self._pool.open(wait=True, timeout=timeout)
+        self._conninfo = conninfo
+        self._connect_kwargs = kwargs
+        self._channel = wake_channel(self._schema)
+        self._last_check = 0.0
         q = self._q
         self._create_saga = q(_CREATE_SAGA)
+        self._create_saga_latest = q(_CREATE_SAGA_LATEST)
+        self._saga_by_id = q(_SAGA_BY_ID)
+        self._workflow_exists = q(_WORKFLOW_EXISTS)
         self._saga_by_key = q(_SAGA_BY_IDEMPOTENCY_KEY)
         self._get_saga = q(_GET_SAGA)
         self._get_step_logs = q(_GET_STEP_LOGS)
@@ -650,24 +772,62 @@ class PostgresStore(Store):
     def _q(self, sql: str) -> str:
         return qualify(sql, self._schema)
 
+    @contextmanager
+    def _connection(self) -> Iterator[Connection[Any]]:
+        """A pooled connection. When a call finds it broken (the server restarted or ended the
+        session), every idle connection is checked at once, so the calls that follow get
+        live ones instead of each finding a dead one in turn."""
+        with self._pool.connection() as conn:
+            try:
+                yield conn
+            except psycopg.OperationalError:
+                if conn.broken:
+                    self._check_idle()
+                raise
+
+    def _check_idle(self) -> None:
+        now = time.monotonic()
+        if now - self._last_check < _CHECK_EVERY_SECS:
+            return
+        self._last_check = now
+        try:
+            self._pool.check()
+        except Exception:  # noqa: BLE001 - the next call reports the outage itself
+            log.debug("pool check failed", exc_info=True)
+
     def _rows(
-        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = (), *, retry: bool = True
     ) -> list[dict[str, Any]]:
-        with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(sql, params)
-            return cur.fetchall() if cur.description is not None else []
+        """Run one autocommit statement. With `retry` (the statement may safely run twice: a
+        read, or a write whose second run changes nothing), a connection found broken costs
+        no failed call: the statement is sent again on another connection."""
+        for attempt in range(_ATTEMPTS):
+            try:
+                with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+                    cur.execute(sql, params)
+                    return cur.fetchall() if cur.description is not None else []
+            except psycopg.OperationalError as exc:
+                if not (retry and attempt + 1 < _ATTEMPTS and _connection_lost(exc)):
+                    raise
+        raise AssertionError("unreachable")
 
     def _rowcount(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> int:
-        with self._pool.connection() as conn, conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.rowcount
+        for attempt in range(_ATTEMPTS):
+            try:
+                with self._connection() as conn, conn.cursor() as cur:
+                    cur.execute(sql, params)
+                    return cur.rowcount
+            except psycopg.OperationalError as exc:
+                if not (attempt + 1 < _ATTEMPTS and _connection_lost(exc)):
+                    raise
+        raise AssertionError("unreachable")
 
     # ---------------------------------------------------------------- workflows
 
     def register_workflow(self, workflow: Workflow) -> Workflow:
         definition = workflow_to_dict(workflow)
         definition.pop("version", None)
-        with self._pool.connection() as conn, conn.transaction():
+        with self._connection() as conn, conn.transaction():
             # MAX(version)+1 alone races for a new name (no row to lock); this lock serialises
             # registrations of one name until commit.
             conn.execute(
@@ -699,9 +859,11 @@ class PostgresStore(Store):
         *,
         idempotency_key: str | None = None,
         request_hash: str | None = None,
+        latest_version: bool = False,
     ) -> tuple[SagaState, str | None, bool]:
+        sid = uuid.UUID(state.saga_id)
         params = {
-            "id": uuid.UUID(state.saga_id),
+            "id": sid,
             "workflow_name": state.workflow_name,
             "workflow_version": state.workflow_version,
             "status": SagaStatus(state.status).value,
@@ -716,16 +878,26 @@ class PostgresStore(Store):
             "idempotency_key": idempotency_key,
             "request_hash": request_hash,
             "trace_context": state.trace_context,
+            "channel": self._channel,
         }
+        statement = self._create_saga_latest if latest_version else self._create_saga
         # Another request with the same key may commit between our INSERT and SELECT, or (rarely)
-        # the row it names may be gone by then; a few rounds settle either way.
+        # the row it names may be gone by then; a few rounds settle either way. The INSERT is
+        # safe to send again (`_rows` does on a broken connection): a row with our id can only
+        # be this request's own.
         for _ in range(5):
-            rows = self._rows(self._create_saga, params)
+            rows = self._rows(statement, params)
             if rows:
                 return _state_from_row(rows[0]), rows[0]["request_hash"], True
-            existing = self._rows(self._saga_by_key, (idempotency_key,))
-            if existing:
-                return _state_from_row(existing[0]), existing[0]["request_hash"], False
+            mine = self._rows(self._saga_by_id, (sid,))
+            if mine and mine[0]["request_hash"] == request_hash:
+                return _state_from_row(mine[0]), mine[0]["request_hash"], True
+            if idempotency_key is not None:
+                existing = self._rows(self._saga_by_key, (idempotency_key,))
+                if existing:
+                    return _state_from_row(existing[0]), existing[0]["request_hash"], False
+            if latest_version and not self._rows(self._workflow_exists, (state.workflow_name,)):
+                raise UnknownWorkflow(state.workflow_name)
         raise RuntimeError(f"idempotency key {idempotency_key!r} neither inserted nor found")
 
     def get_saga(self, saga_id: str, *, with_steps: bool = False) -> SagaState | None:
@@ -751,7 +923,7 @@ class PostgresStore(Store):
         if page < 1 or page_size < 1:
             raise ValueError(f"page ({page}) and page_size ({page_size}) must be >= 1")
         count_sql, page_sql, params = list_statements(self._schema, filters)
-        with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute(count_sql, params)
             count_row = cur.fetchone()
             total = int(count_row["n"]) if count_row else 0
@@ -771,7 +943,7 @@ class PostgresStore(Store):
 
     def stats(self, since: datetime) -> SagaStats:
         counts = dict.fromkeys(SagaStatus, 0)
-        with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute(self._status_counts)
             for row in cur.fetchall():
                 counts[SagaStatus(row["status"])] = int(row["n"])
@@ -796,7 +968,7 @@ class PostgresStore(Store):
         if sid is None:
             return None
         with (
-            self._pool.connection() as conn,
+            self._connection() as conn,
             conn.transaction(),
             conn.cursor(row_factory=dict_row) as cur,
         ):
@@ -815,7 +987,7 @@ class PostgresStore(Store):
         state = commit.state
         sid = uuid.UUID(state.saga_id)
         try:
-            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
                 cur.execute(
                     self._commit_operator,
                     {
@@ -873,6 +1045,8 @@ class PostgresStore(Store):
                         action.at,
                     ),
                 )
+                if state.status in ACTIVE_STATUSES:
+                    cur.execute(_NOTIFY, (self._channel,))  # sent at commit
             return True
         except _REFUSALS as exc:
             raise StoreRefused(refusal_reason(exc)) from exc
@@ -901,8 +1075,12 @@ class PostgresStore(Store):
     def claim(self, owner: str, limit: int, lease_secs: float) -> list[Claimed]:
         if limit <= 0:
             return []
+        # Not sent again on a broken connection: a claim whose answer was lost leased sagas
+        # to us that a second claim would not return (they come back when the lease expires).
         rows = self._rows(
-            self._claim, {"owner": owner, "limit": limit, "lease_secs": float(lease_secs)}
+            self._claim,
+            {"owner": owner, "limit": limit, "lease_secs": float(lease_secs)},
+            retry=False,
         )
         claimed = [
             Claimed(
@@ -981,7 +1159,7 @@ class PostgresStore(Store):
 
         outcome: dict[int, tuple[bool, bool, bool, bool, bool]] = {}
         try:
-            with self._pool.connection() as conn:
+            with self._connection() as conn:
                 if len(rounds) == 1:
                     outcome.update(self._commit_round(conn, owner, requests, rounds[0], lease_secs))
                 else:
@@ -1152,8 +1330,15 @@ class PostgresStore(Store):
     # ---------------------------------------------------------------- lifecycle
 
     def ping(self) -> None:
-        with self._pool.connection() as conn:
-            conn.execute("SELECT 1")
+        self._rows("SELECT 1")
+
+    def wakeups(self, wake: Callable[[], None]) -> StopListening:
+        """`LISTEN` on this schema's channel on a connection of its own (not the pool's), in a
+        thread that calls `wake` for each notification; it reconnects with back-off after a
+        lost connection (meanwhile polling finds the work)."""
+        listener = _Listener(self._conninfo, self._connect_kwargs, self._channel, wake)
+        listener.start()
+        return listener.stop
 
     def close(self) -> None:
         self._pool.close()
@@ -1164,7 +1349,7 @@ class PostgresStore(Store):
     def retention_turn(self) -> Iterator[DeleteEnded | None]:
         """The turn holds one pooled connection for the block; the batches run on it."""
         lock = (_LOCK_RETENTION, self._schema)
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             row = conn.execute(_RETENTION_TRY_LOCK, lock).fetchone()
             if not (row and row[0]):
                 yield None

@@ -11,11 +11,15 @@ filters on come from `saga.model`.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import socket
 import sqlite3
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -51,8 +55,10 @@ from workers.adapters.store.base import (
     SagaFilter,
     SagaPage,
     SagaStats,
+    StopListening,
     Store,
     StoreRefused,
+    UnknownWorkflow,
     refusal_reason,
 )
 from workers.adapters.store.events import event_body
@@ -315,6 +321,88 @@ def _event_values(commit: Commit, now: float) -> list[tuple[Any, ...]]:
 # --------------------------------------------------------------------------- the store
 
 
+class _Wakes:
+    """Wake-ups between the processes of one SQLite file: each listening process binds a
+    datagram socket in one directory (named after the file's real path, in the temporary
+    directory: socket paths are short), and a process that commits a saga to be run sends one
+    byte to each socket there. Never blocks: a full socket already has a wake-up waiting, and a
+    socket nobody reads any more (its process was killed) is removed by the first sender."""
+
+    def __init__(self, path: str | None) -> None:
+        self._dir: Path | None = None
+        if path is not None:
+            key = hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:16]
+            base = tempfile.gettempdir()
+            if len(base) > _MAX_WAKE_BASE and os.path.isdir("/tmp"):
+                base = "/tmp"  # a socket path is at most 107 bytes
+            self._dir = Path(base) / f"saga-wake-{os.getuid()}-{key}"
+        self._sender: socket.socket | None = None
+        self._sender_pid = 0
+
+    def tell(self) -> None:
+        if self._dir is None:
+            return
+        try:
+            names = os.listdir(self._dir)
+        except OSError:
+            return  # nobody listens
+        if self._sender is None or self._sender_pid != os.getpid():
+            self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sender.setblocking(False)
+            self._sender_pid = os.getpid()
+        for name in names:
+            target = str(self._dir / name)
+            try:
+                self._sender.sendto(b"w", target)
+            except BlockingIOError:
+                pass  # its queue is full: it is woken already
+            except ConnectionRefusedError:
+                with suppress(OSError):
+                    os.unlink(target)  # bound by a process that is gone
+            except OSError:
+                pass
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
+        if self._dir is None:
+            return lambda: None
+        self._dir.mkdir(mode=0o700, exist_ok=True)
+        path = self._dir / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(path))
+        sock.settimeout(_WAKE_POLL_SECS)
+        stopping = threading.Event()
+
+        def run() -> None:
+            while not stopping.is_set():
+                try:
+                    sock.recv(64)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not stopping.is_set():
+                    wake()
+
+        thread = threading.Thread(target=run, name="saga-listen", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            stopping.set()
+            with suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as poke:
+                poke.setblocking(False)
+                poke.sendto(b"s", str(path))  # the thread sees `stopping` now
+            thread.join(_WAKE_POLL_SECS * 2)
+            with suppress(OSError):
+                os.unlink(path)
+            sock.close()
+
+        return stop
+
+
+_WAKE_POLL_SECS = 0.5
+_MAX_WAKE_BASE = 48
+
+
 class SqliteStore(Store):
     """A `Store` in one SQLite file; `clock` (seconds since the epoch) times leases and outbox
     claims (tests move it)."""
@@ -334,8 +422,12 @@ class SqliteStore(Store):
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
+        self._writer_lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._lock_pid = 0
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._wakes = _Wakes(None if path == ":memory:" else path)
         migrate_sqlite(self._conn(), _ts(datetime.now(UTC)) or "")
 
     # ---------------------------------------------------------------- connections
@@ -359,13 +451,42 @@ class SqliteStore(Store):
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._writer():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def _writer(self) -> Iterator[None]:
+        """The turn to write, across threads and processes: a thread lock, then an exclusive
+        `flock` on `<file>.write-lock`. SQLite's own busy handler waits for its write lock by
+        sleeping ever longer (a start could wait a second behind an executor's batches); a
+        process blocked in `flock` is woken the moment the holder lets go. `BEGIN IMMEDIATE`
+        still takes SQLite's lock, so a writer that does not use this file stays correct."""
+        with self._writer_lock:
+            fd = self._writer_fd()
+            if fd is None:
+                yield
+                return
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _writer_fd(self) -> int | None:
+        if self._path == ":memory:":
+            return None
+        # One open file per process: a descriptor inherited over fork() shares its lock with
+        # the parent, so it would not keep the two apart.
+        if self._lock_fd is None or self._lock_pid != os.getpid():
+            self._lock_fd = os.open(f"{self._path}.write-lock", os.O_RDWR | os.O_CREAT, 0o600)
+            self._lock_pid = os.getpid()
+        return self._lock_fd
 
     def applied_migrations(self) -> list[int]:
         rows = self._conn().execute("SELECT version FROM schema_migrations ORDER BY 1")
@@ -408,12 +529,18 @@ class SqliteStore(Store):
         *,
         idempotency_key: str | None = None,
         request_hash: str | None = None,
+        latest_version: bool = False,
     ) -> tuple[SagaState, str | None, bool]:
         with self._write() as conn:
             if idempotency_key is not None:
                 row = conn.execute(_SAGA_BY_IDEMPOTENCY_KEY, (idempotency_key,)).fetchone()
                 if row is not None:
                     return _state(row), row["request_hash"], False
+            if latest_version:
+                version = conn.execute(_LATEST_VERSION, (state.workflow_name,)).fetchone()["v"]
+                if not version:
+                    raise UnknownWorkflow(state.workflow_name)
+                state = evolve(state, workflow_version=version)
             seq = conn.execute(_NEXT_SEQ).fetchone()["seq"]
             conn.execute(
                 _CREATE_SAGA,
@@ -435,6 +562,7 @@ class SqliteStore(Store):
                     "trace_context": state.trace_context,
                 },
             )
+        self._wakes.tell()
         return state, request_hash, True
 
     def get_saga(self, saga_id: str, *, with_steps: bool = False) -> SagaState | None:
@@ -539,6 +667,8 @@ class SqliteStore(Store):
                         _ts(action.at),
                     ),
                 )
+            if state.status in ACTIVE_STATUSES:
+                self._wakes.tell()
             return True
         except _REFUSALS as exc:
             raise StoreRefused(refusal_reason(exc)) from exc
@@ -720,6 +850,11 @@ class SqliteStore(Store):
     def ping(self) -> None:
         self._conn().execute("SELECT 1").fetchone()
 
+    def wakeups(self, wake: Callable[[], None]) -> StopListening:
+        """A datagram socket of this process's own in a directory shared by every process of
+        this file (see `_Wakes`); a thread calls `wake` for what arrives."""
+        return self._wakes.listen(wake)
+
     def close(self) -> None:
         with self._all_lock:
             for conn in self._all:
@@ -727,6 +862,10 @@ class SqliteStore(Store):
                     conn.close()
             self._all.clear()
         self._local = threading.local()
+        with self._writer_lock:
+            if self._lock_fd is not None and self._lock_pid == os.getpid():
+                os.close(self._lock_fd)
+            self._lock_fd = None
 
     # ---------------------------------------------------------------- retention
 
