@@ -18,8 +18,9 @@ the cases; median of the rounds, min..max kept):
 - saturation: N sagas started with `POST /api/v1/sagas` by 32 client threads (one keep-alive
   `http.client` connection each, in the bench process). Completed sagas/s = sagas of the run
   COMPLETED ÷ (last stored `updated_at` of them − the instant the first start was sent);
-  completion is watched by polling `GET /api/v1/sagas?status=COMPLETED&page_size=1`
-  (`total_count`) every 20 ms, then read back from the store (ours, the peer on PostgreSQL) or
+  the run's sagas carry a correlation id of its own, and completion is watched by polling
+  `GET /api/v1/sagas?status=COMPLETED&correlation_id=<run>&page_size=1` (`total_count`) every
+  20 ms, then read back from the store (ours, the peer on PostgreSQL) or
   the peer's list API (the peer in memory). Start requests/s and start latency p50/p99 from the
   client's clock; failures (answers other than 201) and started sagas not COMPLETED are counted.
 - gRPC start: the same with `StartSaga` (generated stubs of saga_grpc/gen; the payload as an
@@ -58,6 +59,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -450,7 +452,8 @@ def start_peer(
     d.mkdir(parents=True, exist_ok=True)
     binary = peer_binary()
     http_port, grpc_port = free_port(), free_port()
-    doc = yaml.safe_load((binary.parent / "config.yaml").read_text())
+    config = binary.parent / "config.yaml"
+    doc = yaml.safe_load((config if config.exists() else PEER_DIR / "config.yaml").read_text())
     doc["server"].update({"host": "127.0.0.1", "port": http_port, "grpc_port": grpc_port})
     doc["services"] = {c.SERVICE: {"host": "127.0.0.1", "port": part.port}}
     if db is None:
@@ -542,16 +545,19 @@ class _Client:
         raise AssertionError("unreachable")
 
 
-def _start_body(workflow: str) -> bytes:
-    return json.dumps(
-        {"workflow_name": workflow, "payload": c.SEED_PAYLOAD}, separators=(",", ":")
-    ).encode()
+def _start_body(workflow: str, correlation_id: str | None = None) -> bytes:
+    body: dict[str, Any] = {"workflow_name": workflow, "payload": c.SEED_PAYLOAD}
+    if correlation_id:
+        body["correlation_id"] = correlation_id
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _completed_count(cl: _Client) -> int:
-    status, body = cl.call("GET", "/api/v1/sagas?status=COMPLETED&page_size=1")
+def _completed_count(cl: _Client, correlation_id: str) -> int:
+    """How many sagas of the run (its correlation id) the server lists as COMPLETED."""
+    path = f"/api/v1/sagas?status=COMPLETED&correlation_id={correlation_id}&page_size=1"
+    status, body = cl.call("GET", path)
     if status != 200:
-        raise RuntimeError(f"GET /api/v1/sagas?status=COMPLETED answered {status}: {body}")
+        raise RuntimeError(f"GET {path} answered {status}: {body}")
     return int(body["pagination"]["total_count"])
 
 
@@ -604,14 +610,18 @@ def _grpc_stub(port: int) -> tuple[Any, Any]:
     return channel, saga_pb2_grpc.SagaServiceStub(channel)
 
 
-def _grpc_request(workflow: str) -> Any:
+def _grpc_request(workflow: str, correlation_id: str = "") -> Any:
     from google.protobuf import struct_pb2
 
     from saga_grpc.gen.k1s0.system.saga.v1 import saga_pb2
 
     payload = struct_pb2.Struct()
     payload.update(c.SEED_PAYLOAD)
-    return saga_pb2.StartSagaRequest(workflow_name=workflow, payload=payload.SerializeToString())
+    return saga_pb2.StartSagaRequest(
+        workflow_name=workflow,
+        payload=payload.SerializeToString(),
+        correlation_id=correlation_id,
+    )
 
 
 # --------------------------------------------------------------------------- measurements
@@ -647,9 +657,12 @@ def saturate(
     next_i = [0]
     records: list[tuple[float, float, int | str, str | None]] = []  # (sent, answered, code, id)
     barrier = threading.Barrier(CLIENT_THREADS + 1, timeout=60)
-    body = _start_body(workflow)
+    # Every saga of the run carries its correlation id: the watcher counts only them (ended
+    # sagas that retention deletes meanwhile, or earlier runs', do not move the count).
+    run_id = f"bench-e2e-{uuid.uuid4().hex[:12]}"
+    body = _start_body(workflow, run_id)
     channel, stub = _grpc_stub(server.grpc_port) if via == "grpc" else (None, None)
-    request = _grpc_request(workflow) if via == "grpc" else None
+    request = _grpc_request(workflow, run_id) if via == "grpc" else None
 
     def take() -> bool:
         with lock:
@@ -688,7 +701,6 @@ def saturate(
                 records.extend(mine)
 
     watcher = _Client(server.http_port)
-    baseline = _completed_count(watcher)
     threads = [threading.Thread(target=run, daemon=True) for _ in range(CLIENT_THREADS)]
     for t in threads:
         t.start()
@@ -704,7 +716,7 @@ def saturate(
         time.sleep(COUNT_POLL_S)
         server.check_alive()
         done_starting = not any(t.is_alive() for t in threads)
-        count = _completed_count(watcher) - baseline
+        count = _completed_count(watcher, run_id)
         now = time.perf_counter()
         if count != last_count:
             last_count, last_progress = count, now
@@ -772,6 +784,7 @@ def saturate(
             if k in cpu
         },
         "machine_busy_cores": round(cpu.get("machine_busy", 0.0) / seen_s, 2) if seen_s else None,
+        "loadavg_1m_after": round(os.getloadavg()[0], 2),
         "pss_mib_peak": round(pss_peak, 1),
         "server_processes": procs,
         **({"probes": probes} if probe else {}),
@@ -975,8 +988,9 @@ def method_text(sz: dict[str, int], runs: int) -> str:
         f"{sz['saturation']:,} sagas started with `POST /api/v1/sagas` by {CLIENT_THREADS} client "
         f"threads (Python, one keep-alive `http.client` connection each); completed sagas/s = the "
         f"run's sagas COMPLETED ÷ (their last stored `updated_at` − the first start sent); "
-        f"completion watched by polling `GET /api/v1/sagas?status=COMPLETED&page_size=1` every "
-        f"{COUNT_POLL_S * 1000:.0f} ms; start requests/s and p50/p99 from the client. gRPC: the "
+        f"every saga of a run carries the run's `correlation_id`, and completion is watched by "
+        f"polling `GET /api/v1/sagas?status=COMPLETED&correlation_id=<run>&page_size=1` "
+        f"(`total_count`) every {COUNT_POLL_S * 1000:.0f} ms; start requests/s and p50/p99 from the client. gRPC: the "
         f"same with {sz['grpc']:,} `StartSaga` calls (payload as an encoded Struct). One in "
         f"flight: {sz['one_in_flight']} sagas one at a time, start then `GET /api/v1/sagas/<id>` "
         f"every {ONE_POLL_S * 1000:g} ms until COMPLETED (start sent → COMPLETED seen). CPU over "
@@ -986,6 +1000,16 @@ def method_text(sz: dict[str, int], runs: int) -> str:
         f"largest 0.5 s sample of the REST saturation. {WARMUP_SAGAS} warm-up sagas first. "
         f"All processes share the machine's cores."
     )
+
+
+def _peer_starts(d: Path, part: c.Participant, wf_dir: Path) -> str | None:
+    """None when the peer's binary starts (in memory) and answers, else why not."""
+    try:
+        server = start_peer(d / "peer-check", part, wf_dir, label="peer", db=None)
+    except Exception as exc:  # noqa: BLE001 - the reason is the figure's one line
+        return f"the peer's binary failed to start: {type(exc).__name__}: {str(exc)[:300]}"
+    c.stop(server.proc)
+    return None
 
 
 def e2e(
@@ -1015,6 +1039,9 @@ def e2e(
         "cases": {},
     }
     results["e2e"] = res
+    if not problem:
+        problem = _peer_starts(d, part, wf_dir)
+        res["peer"]["skipped"] = problem
     if problem:
         c.log(f"  peer skipped: {problem}")
     cases = [_Case("ours_sqlite", "ours", "sqlite"), _Case("peer_memory", "peer", "memory")]
