@@ -252,11 +252,15 @@ class PeerDatabase(c.BenchDatabase):
         role_url = peer_role_url(admin_url, workdir)
         super().__init__(admin_url, name)
         role = urlparse(role_url).username
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute("DROP SCHEMA saga CASCADE")
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            if role != urlparse(admin_url).username:
-                conn.execute(f'ALTER DATABASE "{name}" OWNER TO "{role}"')
+        try:
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                conn.execute("DROP SCHEMA saga CASCADE")
+            with psycopg.connect(admin_url, autocommit=True) as conn:
+                if role != urlparse(admin_url).username:
+                    conn.execute(f'ALTER DATABASE "{name}" OWNER TO "{role}"')
+        except BaseException:
+            self.drop()
+            raise
         self.url = c.with_dbname(role_url, name)
 
     def truncate(self) -> None:
@@ -576,14 +580,17 @@ def parse_ts(text: str) -> float:
     return base + (int(frac) / 10 ** len(frac) if frac else 0.0)
 
 
-def _statuses(server: Server) -> dict[str, tuple[str, float]]:
-    """id -> (status, updated_at epoch) of every saga of the server: from its store when it
-    has one we can read, else from its list API (the peer in memory, which takes pages of
-    1,000)."""
+def _statuses(server: Server, correlation_id: str) -> dict[str, tuple[str, float]]:
+    """id -> (status, updated_at epoch) of the run's sagas (its correlation id): from the
+    server's store when it has one we can read, else from its list API (the peer in memory,
+    which takes pages of 1,000)."""
     if server.pg_url or server.sqlite_path:
         reader = c.Reader(pg_url=server.pg_url, sqlite_path=server.sqlite_path)
         try:
-            rows = reader._q("SELECT id, status, updated_at FROM {s}saga_states")
+            rows = reader._q(
+                "SELECT id, status, updated_at FROM {s}saga_states WHERE correlation_id = ?",
+                (correlation_id,),
+            )
         finally:
             reader.close()
         return {str(i): (s, c._epoch(u)) for i, s, u in rows}
@@ -591,9 +598,10 @@ def _statuses(server: Server) -> dict[str, tuple[str, float]]:
     page = 1
     with _Client(server.http_port) as cl:
         while True:
-            status, body = cl.call("GET", f"/api/v1/sagas?page_size=1000&page={page}")
+            path = f"/api/v1/sagas?correlation_id={correlation_id}&page_size=1000&page={page}"
+            status, body = cl.call("GET", path)
             if status != 200:
-                raise RuntimeError(f"GET /api/v1/sagas answered {status}: {body}")
+                raise RuntimeError(f"GET {path} answered {status}: {body}")
             for s in body["sagas"]:
                 out[s["saga_id"]] = (s["status"], parse_ts(s["updated_at"]))
             if not body["pagination"]["has_next"] or not body["sagas"]:
@@ -751,7 +759,7 @@ def saturate(
     ids = [r[3] for r in records if r[3]]
     ok_codes = (201, "OK")
     failures = Counter(str(r[2]) for r in records if r[2] not in ok_codes or not r[3])
-    states = _statuses(server)
+    states = _statuses(server, run_id)
     mine = [states.get(i) for i in ids]
     done = [s[1] for s in mine if s is not None and s[0] == "COMPLETED"]
     not_completed = Counter(s[0] if s else "missing" for s in mine if not s or s[0] != "COMPLETED")
@@ -1055,10 +1063,16 @@ def e2e(
         elif case.store == "postgres" and not pg_admin_url:
             case.error = "skipped: no PostgreSQL admin URL"
     try:
+        postmaster = None
         if pg_admin_url:
-            res["postgres"] = {"settings": pg_settings(pg_admin_url)}
-            postmaster = postmaster_pid(pg_admin_url)
-            res["postgres"]["cpu_measured"] = postmaster is not None
+            try:
+                res["postgres"] = {"settings": pg_settings(pg_admin_url)}
+                postmaster = postmaster_pid(pg_admin_url)
+                res["postgres"]["cpu_measured"] = postmaster is not None
+            except Exception as exc:  # noqa: BLE001 - the PostgreSQL cases say why
+                for case in cases:
+                    if case.store == "postgres" and not case.error:
+                        case.error = f"PostgreSQL not reachable: {type(exc).__name__}: {exc}"
             for case in cases:
                 if case.store != "postgres" or case.error:
                     continue
@@ -1293,7 +1307,12 @@ def feature_cost(
     d = workdir / "feature-cost"
     wf_dir = c.write_workflows(d / "workflows")
     per: dict[str, list[dict[str, Any]]] = {f: [] for f in FEATURES}
-    db = c.BenchDatabase(pg_admin_url, f"saga_bench_features_{db_suffix}")
+    try:
+        db = c.BenchDatabase(pg_admin_url, f"saga_bench_features_{db_suffix}")
+    except Exception as exc:  # noqa: BLE001
+        res["error"] = f"no database: {type(exc).__name__}: {exc}"
+        c.log(f"  feature cost: {res['error']}")
+        return
     try:
         res["postgres_settings"] = pg_settings(pg_admin_url)
         postmaster = postmaster_pid(pg_admin_url)

@@ -27,6 +27,10 @@ def _num(v: float | None, digits: int = 0) -> str:
     return f"{v:,.{digits}f}"
 
 
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
 def _med(s: Any) -> float | None:
     if isinstance(s, dict):
         v = s.get("median")
@@ -206,17 +210,19 @@ def _problems(e2e: dict[str, Any]) -> list[str]:
     out = []
     skipped = (e2e.get("peer") or {}).get("skipped")
     if skipped:
-        out.append(f"The peer was not run: {skipped}.")
+        out.append(f"The peer was not run: {_one_line(skipped)}.")
     for key, name in _NAMES.items():
         case = (e2e.get("cases") or {}).get(key) or {}
         err = case.get("error")
         if err and not (skipped and key.startswith("peer") and str(err).startswith("skipped")):
-            out.append(f"{name[0].upper()}{name[1:]}: not measured ({err}).")
+            out.append(f"{name[0].upper()}{name[1:]}: not measured ({_one_line(err)}).")
         elif (case.get("grpc") or {}).get("error"):
-            out.append(f"{name[0].upper()}{name[1:]}, gRPC start: {case['grpc']['error']}.")
+            out.append(
+                f"{name[0].upper()}{name[1:]}, gRPC start: {_one_line(case['grpc']['error'])}."
+            )
         for e in case.get("round_errors") or []:
             if e != err:
-                out.append(f"{name[0].upper()}{name[1:]}, a round failed: {e}.")
+                out.append(f"{name[0].upper()}{name[1:]}, a round failed: {_one_line(e)}.")
     return out
 
 
@@ -274,7 +280,7 @@ def feature_lines(results: dict[str, Any]) -> list[str]:
         return []
     lines = ["## Cost of this wave's features, end to end (ours on PostgreSQL)", ""]
     if fc.get("error"):
-        return [*lines, f"Not measured: {fc['error']}.", ""]
+        return [*lines, f"Not measured: {_one_line(fc['error'])}.", ""]
     res = fc.get("results") or {}
     plain = res.get("plain") or {}
     lines += [
@@ -296,7 +302,7 @@ def feature_lines(results: dict[str, Any]) -> list[str]:
             )
         notes.append(f"- {feature}: {what}{_feature_note(feature, entry)}")
         for e in entry.get("errors") or []:
-            notes.append(f"  - a run failed: {e}")
+            notes.append(f"  - a run failed: {_one_line(e)}")
         if entry.get("failures") or entry.get("not_completed"):
             notes.append(
                 f"  - failures {entry.get('failures')}, not completed {entry.get('not_completed')}"

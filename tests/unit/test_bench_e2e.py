@@ -69,7 +69,7 @@ def _results(*, peer: bool = True, fsync: str = "on") -> dict[str, Any]:
             "peer", "memory", completed=600, starts=1300, p99=44, one_p50=3, cpu=0.5, pss=38
         )
     else:
-        skipped = "the peer's binary /x/k1s0-saga-server does not exist"
+        skipped = "the peer's binary /x/k1s0-saga-server does not exist\n\t(checked)"
         for key, store in (("peer_postgres", "postgres"), ("peer_memory", "memory")):
             cases[key] = {"server": "peer", "store": store, "error": f"skipped: {skipped}"}
     return {
@@ -139,6 +139,7 @@ def test_report_without_the_peer_says_why_once_and_shows_dashes() -> None:
     lines = report_e2e.sections(_results(peer=False))
     why = [line for line in lines if "does not exist" in line]
     assert len(why) == 1 and why[0].startswith("- The peer was not run:")
+    assert why[0].endswith("does not exist (checked).")  # one line, whatever the reason's
     for section in (PG, EMBEDDED):
         row = _row(lines, "completed sagas/s (REST start)", section)
         assert row[2] == "—" and row[3] == "—"
