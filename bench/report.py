@@ -42,24 +42,45 @@ def _mmm(s: dict[str, Any] | None, digits: int = 0) -> str:
     return f"**{_f(s['median'], digits)}** ({_f(s['min'], digits)}–{_f(s['max'], digits)})"
 
 
-def _tp(res: dict[str, Any], store: str, wf: str, workers: int) -> dict[str, Any] | None:
-    for e in res.get("throughput", []):
+# The PostgreSQL clusters of a run: the test cluster (fsync off) and the durable one. Results
+# keys of the durable runs of figures 1, 3 and 4 end in "_durable".
+CLUSTER_LABEL = {
+    "cpu-only": "cpu-only (test cluster, fsync off)",
+    "durable": "durable (fsync on)",
+}
+_TP_KEY = {"cpu-only": "throughput", "durable": "throughput_durable"}
+_OV_KEY = {"cpu-only": "overhead", "durable": "overhead_durable"}
+_PEER_KEY = {"cpu-only": "peer_dbos", "durable": "peer_dbos_durable"}
+
+
+def _tp(
+    res: dict[str, Any], store: str, wf: str, workers: int, cluster: str = "cpu-only"
+) -> dict[str, Any] | None:
+    for e in res.get(_TP_KEY[cluster], []):
         if e["store"] == store and e["workflow"] == wf and e["workers"] == workers:
             return e
     return None
 
 
-def _best_tp(res: dict[str, Any], store: str, wf: str) -> dict[str, Any] | None:
-    cands = [e for e in res.get("throughput", []) if e["store"] == store and e["workflow"] == wf]
+def _best_tp(
+    res: dict[str, Any], store: str, wf: str, cluster: str = "cpu-only"
+) -> dict[str, Any] | None:
+    cands = [
+        e for e in res.get(_TP_KEY[cluster], []) if e["store"] == store and e["workflow"] == wf
+    ]
     return max(cands, key=lambda e: e["steps_per_s"]["median"] or 0) if cands else None
 
 
 # Which keys of a results JSON each figure fills.
 FIGURE_KEYS: dict[str, tuple[str, ...]] = {
-    "throughput": ("throughput",),
+    "e2e": ("e2e",),
+    "features": ("feature_cost",),
+    "throughput": ("throughput", "throughput_durable"),
     "baselines": ("raw_commit", "grpc_echo"),
-    "overhead": ("overhead",),
-    "peer": ("peer_dbos",),
+    "physical": ("pg_test_fsync", "pgbench_durable"),
+    "scaling": ("scaling",),
+    "overhead": ("overhead", "overhead_durable"),
+    "peer": ("peer_dbos", "peer_dbos_durable"),
     "recovery": ("recovery",),
     "list": ("list",),
     "api": ("api",),
@@ -70,7 +91,7 @@ FIGURE_KEYS: dict[str, tuple[str, ...]] = {
 }
 # Figures added after the latest full run: a run is full without them, and they come in from
 # partial runs (`--only`).
-LATER_FIGURES = frozenset({"retention", "inputs"})
+LATER_FIGURES = frozenset({"retention", "inputs", "e2e", "features", "physical", "scaling"})
 
 
 def _stamp(path: Path) -> str:
@@ -162,10 +183,20 @@ def plots(res: dict[str, Any], samples: dict[str, Any]) -> list[str]:
         return []
     PLOTS.mkdir(parents=True, exist_ok=True)
     made = []
-    tp = res.get("throughput", [])
-    if tp:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
-        for ax, store in zip(axes, ("postgres", "sqlite"), strict=True):
+    panels = [
+        (store, key, title)
+        for store, key, title in (
+            ("postgres", "throughput", "PostgreSQL cpu-only (fsync off)"),
+            ("postgres", "throughput_durable", "PostgreSQL durable (fsync on)"),
+            ("sqlite", "throughput", "SQLite"),
+        )
+        if any(e["store"] == store for e in res.get(key, []))
+    ]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), sharey=False)
+        axes = list(axes) if len(panels) > 1 else [axes]
+        for ax, (store, key, title) in zip(axes, panels, strict=True):
+            tp = res.get(key, [])
             for wf in sorted({e["workflow"] for e in tp}):
                 pts = sorted(
                     (e["workers"], e["steps_per_s"])
@@ -180,13 +211,16 @@ def plots(res: dict[str, Any], samples: dict[str, Any]) -> list[str]:
                 hi = [p[1]["max"] - p[1]["median"] for p in pts]
                 ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=wf)
             raw = res.get("raw_commit", {}).get("pgbench", {})
+            if key == "throughput_durable":
+                step = (res.get("pgbench_durable") or {}).get("cases", {}).get("saga_step_commit")
+                raw = {"8": step["tps"]} if step else {}
             if store == "postgres" and raw:
                 best = max(v["median"] for v in raw.values())
                 ax.axhline(
                     best, color="grey", ls="--", lw=1, label="raw step commit (pgbench, best)"
                 )
             ax.axhline(GOALS["steps_per_s"], color="red", ls=":", lw=1, label="goal 1,500 steps/s")
-            ax.set_title(f"{store}: steps/s vs worker processes")
+            ax.set_title(f"{title}: steps/s vs workers", fontsize=9)
             ax.set_xlabel("saga worker processes")
             ax.set_ylabel("steps/s (median, min–max)")
             ax.set_xticks([1, 2, 4])
@@ -231,10 +265,19 @@ def write(path: Path, overlays: list[Path] | None = None) -> Path:
         "next to the baselines it is judged against."
     )
     w("")
+    if res.get("quick"):
+        sel = res.get("figures_selected") or []
+        cl = (res.get("settings") or {}).get("clusters") or []
+        w(
+            f"This **--quick** run has the figures {', '.join(f'`{f}`' for f in sel)} (figure 1 on "
+            f"the {' and '.join(cl) or 'cpu-only'} cluster{'s' if len(cl) > 1 else ''}), with "
+            "shorter runs; the other figures are not in it (`make bench` runs them all)."
+        )
+        w("")
     if res.get("merged_from"):
         w(
             "Merged with later partial runs (`python -m bench --only ...`) on the same setup (the "
-            "test PostgreSQL cluster; the CPU named where it is not the full run's); their "
+            "same PostgreSQL clusters; the CPU named where it is not the full run's); their "
             "figures replace the full run's: "
             + "; ".join(
                 f"`bench/results/{m['run']}.json`: {', '.join(m['figures'])} "
@@ -270,20 +313,31 @@ def write(path: Path, overlays: list[Path] | None = None) -> Path:
             "- PostgreSQL settings (the test cluster of `scripts/postgres.sh`): "
             + ", ".join(f"`{k}={v}`" for k, v in sorted(ps.items()))
             + (
-                " — **fsync is off**: commits do not wait for the disk, so every database figure here "
-                "(ours, the raw limit and the peer alike) is a CPU/round-trip figure, not a disk one."
+                " — **fsync is off**: commits do not wait for the disk, so every database figure of "
+                "this cluster (the **cpu-only** one: ours, the raw limit and the peer alike) is a "
+                "CPU/round-trip figure, not a disk one."
                 if ps.get("fsync") == "off"
                 else ""
             )
+        )
+    pd = m.get("postgres_durable") or {}
+    if pd.get("settings"):
+        w(
+            "- The durable cluster (`scripts/postgres.sh start-durable`, saga_durable on port 55433), "
+            "PostgreSQL's durable defaults: "
+            + ", ".join(f"`{k}={v}`" for k, v in sorted(pd["settings"].items()))
+            + ". The figures marked **durable** ran on it; commits there wait for the WAL flush."
         )
     w("- Packages: " + ", ".join(f"{k} {v}" for k, v in (m.get("packages") or {}).items() if v))
     w(
         f"- Load average at start: {m.get('loadavg_at_start')} (the machine is shared with other engineers' test runs)"
     )
     w("")
+    _headline(res, w)
     _goals(res, w)
     _throughput(res, w, made)
     _baselines(res, w)
+    _physical(res, w)
     _overhead(res, w, made)
     _peer(res, w)
     _scale(res, w)
@@ -291,6 +345,7 @@ def write(path: Path, overlays: list[Path] | None = None) -> Path:
     _events(res, w)
     _retention(res, w)
     _inputs(res, w)
+    _scaling(res, w)
     if res.get("findings"):
         w("## Findings of the re-measured figures")
         w("")
@@ -338,9 +393,14 @@ def write(path: Path, overlays: list[Path] | None = None) -> Path:
     w("## How to run")
     w("")
     w("```")
-    w("make bench                      # installs the bench extras, runs everything (< 30 min)")
+    w(
+        "make bench                      # installs the bench extras, starts both clusters, "
+        "runs everything (< 35 min)"
+    )
     w(".venv/bin/python -m bench --quick                 # ~2-minute subset")
     w(".venv/bin/python -m bench --only throughput,peer  # some figures")
+    w(".venv/bin/python -m bench --only throughput --clusters durable  # on one cluster")
+    w("bash scripts/postgres.sh start-durable            # the durable cluster by itself")
     w(".venv/bin/python -m bench.report bench/results/<stamp>.json   # rewrite this file")
     w("```")
     w("")
@@ -349,65 +409,102 @@ def write(path: Path, overlays: list[Path] | None = None) -> Path:
     return out
 
 
+def _headline(res: dict[str, Any], w: Any) -> None:
+    """The end-to-end figures (bench/report_e2e.py) come first."""
+    wanted = (
+        "e2e" in res
+        or "feature_cost" in res
+        or {"e2e", "features"} & set(res.get("figures_selected") or [])
+    )
+    if not wanted:
+        return
+    try:
+        import importlib
+
+        mod = importlib.import_module("bench.report_e2e")
+        lines = list(mod.sections(res))
+    except Exception as exc:  # noqa: BLE001 - the rest of the report still stands
+        w(f"> The end-to-end section could not be written (bench/report_e2e.py): {exc}")
+        w("")
+        return
+    e2e_cluster = (res.get("settings") or {}).get("e2e_cluster")
+    if e2e_cluster and e2e_cluster != "durable":
+        w(f"> These end-to-end figures ran on the {e2e_cluster}.")
+        w("")
+    for line in lines:
+        w(line)
+    if lines and lines[-1] != "":
+        w("")
+
+
 def _goals(res: dict[str, Any], w: Any) -> None:
     w("## The goal, and where we stand")
     w("")
-    w("| goal | measured | ratio | met |")
-    w("|---|---|---:|:---:|")
-    best = _best_tp(res, "postgres", "bench-3")
-    steps = best["steps_per_s"]["median"] if best else None
-    if steps is not None:
-        w(
-            f"| ≥ 1,500 steps/s, 3-step sagas, PostgreSQL, 2 cores | {_f(steps)} steps/s ({best['workers']} workers) "
-            f"| {steps / GOALS['steps_per_s']:.2f}× goal | {'yes' if steps >= GOALS['steps_per_s'] else '**no**'} |"
-        )
-    raw = res.get("raw_commit", {}).get("pgbench", {})
-    if steps is not None and raw:
-        conn, rb = max(raw.items(), key=lambda kv: kv[1]["median"])
-        share = steps / rb["median"]
-        w(
-            f"| ≥ 50% of the raw step-commit rate | {_f(steps)} ÷ {_f(rb['median'])} tx/s (pgbench, {conn} conn) "
-            f"| {share:.0%} | {'yes' if share >= 0.5 else '**no**'} |"
-        )
-    ov = res.get("overhead", {}).get("loads", {}).get("one_in_flight")
-    if ov:
-        gap = ov["gap_between_steps"]["p50_ms"]
-        call = ov["call_minus_handler"]["p50_ms"]
-        w(
-            f"| per-step overhead p50 ≤ 1 ms, one in flight | step-log duration − handler: {_f(call, 2)} ms; "
-            f"gap between steps (commit + decide + next call): {_f(gap, 2)} ms | {call / GOALS['overhead_p50_ms']:.2f}× / "
-            f"{gap / GOALS['overhead_p50_ms']:.2f}× budget | {'yes' if call <= 1 else '**no**'} / {'yes' if gap <= 1 else '**no**'} |"
-        )
-    peer = res.get("peer_dbos", {}).get("saturation")
-    if peer and best:
-        ours1 = _tp(res, "postgres", "bench-3", 1)
-        pr = peer["sagas_per_s"]["median"]
-        r1 = ours1["sagas_per_s"]["median"] / pr if ours1 else None
-        rb = best["sagas_per_s"]["median"] / pr
-        w(
-            f"| ≥ 2× the peer (DBOS) | ours {_f(best['sagas_per_s']['median'])} sagas/s ({best['workers']} workers), "
-            f"1 worker {_f(ours1['sagas_per_s']['median'] if ours1 else None)}; DBOS {_f(pr)} | "
-            f"{rb:.1f}× (1 worker: {_f(r1, 1)}×) | {'yes' if rb >= 2 else '**no**'} |"
-        )
+    w("| goal | cluster | measured | ratio | met |")
+    w("|---|---|---|---:|:---:|")
+    for cluster in ("cpu-only", "durable"):
+        _goal_rows(res, w, cluster)
     lst = res.get("list", {})
     if lst.get("queries"):
         p50 = max(q["p50_ms"] for q in lst["queries"].values())
         w(
-            f"| list p50 ≤ 20 ms at 1M rows | worst query p50 {_f(p50, 1)} ms{' over HTTP (gunicorn)' if 'store_queries' in lst else ''} | {p50 / GOALS['list_p50_ms']:.2f}× budget "
+            f"| list p50 ≤ 20 ms at 1M rows | cpu-only | worst query p50 {_f(p50, 1)} ms{' over HTTP (gunicorn)' if 'store_queries' in lst else ''} | {p50 / GOALS['list_p50_ms']:.2f}× budget "
             f"| {'yes' if p50 <= 20 else '**no**'} |"
         )
     rec = res.get("recovery", {})
     if rec.get("recovery_s") is not None:
         w(
-            f"| recovery of 10,000 in flight ≤ 30 s | {_f(rec['recovery_s'], 1)} s from restart "
+            f"| recovery of 10,000 in flight ≤ 30 s | cpu-only | {_f(rec['recovery_s'], 1)} s from restart "
             f"(lease {rec.get('lease_secs')} s included) | {rec['recovery_s'] / 30:.2f}× budget | "
             f"{'yes' if rec['recovery_s'] <= 30 else '**no**'} |"
         )
     w("")
 
 
+def _goal_rows(res: dict[str, Any], w: Any, cluster: str) -> None:
+    best = _best_tp(res, "postgres", "bench-3", cluster)
+    steps = best["steps_per_s"]["median"] if best else None
+    if steps is not None:
+        w(
+            f"| ≥ 1,500 steps/s, 3-step sagas, PostgreSQL, 2 cores | {cluster} | {_f(steps)} steps/s ({best['workers']} workers) "
+            f"| {steps / GOALS['steps_per_s']:.2f}× goal | {'yes' if steps >= GOALS['steps_per_s'] else '**no**'} |"
+        )
+    if cluster == "cpu-only":
+        raw = res.get("raw_commit", {}).get("pgbench", {})
+    else:
+        step = (res.get("pgbench_durable") or {}).get("cases", {}).get("saga_step_commit")
+        raw = {str(step["clients"]): step["tps"]} if step and step["tps"].get("median") else {}
+    if steps is not None and raw:
+        conn, rb = max(raw.items(), key=lambda kv: kv[1]["median"])
+        share = steps / rb["median"]
+        w(
+            f"| ≥ 50% of the raw step-commit rate | {cluster} | {_f(steps)} ÷ {_f(rb['median'])} tx/s (pgbench, {conn} conn) "
+            f"| {share:.0%} | {'yes' if share >= 0.5 else '**no**'} |"
+        )
+    ov = res.get(_OV_KEY[cluster], {}).get("loads", {}).get("one_in_flight")
+    if ov:
+        gap = ov["gap_between_steps"]["p50_ms"]
+        call = ov["call_minus_handler"]["p50_ms"]
+        w(
+            f"| per-step overhead p50 ≤ 1 ms, one in flight | {cluster} | step-log duration − handler: {_f(call, 2)} ms; "
+            f"gap between steps (commit + decide + next call): {_f(gap, 2)} ms | {call / GOALS['overhead_p50_ms']:.2f}× / "
+            f"{gap / GOALS['overhead_p50_ms']:.2f}× budget | {'yes' if call <= 1 else '**no**'} / {'yes' if gap <= 1 else '**no**'} |"
+        )
+    peer = res.get(_PEER_KEY[cluster], {}).get("saturation")
+    if peer and best and peer.get("sagas_per_s", {}).get("median"):
+        ours1 = _tp(res, "postgres", "bench-3", 1, cluster)
+        pr = peer["sagas_per_s"]["median"]
+        r1 = ours1["sagas_per_s"]["median"] / pr if ours1 else None
+        rb = best["sagas_per_s"]["median"] / pr
+        w(
+            f"| ≥ 2× the peer (DBOS) | {cluster} | ours {_f(best['sagas_per_s']['median'])} sagas/s ({best['workers']} workers), "
+            f"1 worker {_f(ours1['sagas_per_s']['median'] if ours1 else None)}; DBOS {_f(pr)} | "
+            f"{rb:.1f}× (1 worker: {_f(r1, 1)}×) | {'yes' if rb >= 2 else '**no**'} |"
+        )
+
+
 def _throughput(res: dict[str, Any], w: Any, made: list[str]) -> None:
-    tp = res.get("throughput", [])
+    tp = res.get("throughput", []) + res.get("throughput_durable", [])
     if not tp:
         return
     w("## 1. Throughput at saturation")
@@ -421,17 +518,31 @@ def _throughput(res: dict[str, Any], w: Any, made: list[str]) -> None:
         "`completed_at` for steps/s), so process start-up and the tail do not count. The participant is one "
         "separate process (`python -m workers.scripted_participants`, instant echo). `bench-comp-3`: steps 1–2 succeed, step 3 "
         "fails with FAILED_PRECONDITION (non-retryable), steps 2 and 1 are compensated (5 participant calls, 5 step logs). "
-        "Everything — PostgreSQL, participant, workers, the bench poller — shares the 2 cores."
+        "Everything — PostgreSQL, participant, workers, the bench poller — shares the 2 cores. "
+        "PostgreSQL runs on two clusters of the same server: **cpu-only** (the test cluster, fsync off: "
+        "commits do not wait for the disk) and **durable** (fsync, synchronous_commit, full_page_writes on: "
+        "each commit waits for its WAL flush); a fresh database on each, the same sagas."
     )
     w("")
-    w("| store | workflow | workers | N | sagas/s | steps/s |")
-    w("|---|---|---:|---:|---:|---:|")
+    w("| store | cluster | workflow | workers | N | sagas/s | steps/s |")
+    w("|---|---|---|---:|---:|---:|---:|")
     for e in tp:
         n = e["runs"][0]["n"] if e.get("runs") else "—"
+        cl = e.get("cluster") or ("cpu-only" if e["store"] == "postgres" else "—")
         w(
-            f"| {e['store']} | {e['workflow']} | {e['workers']} | {n} | {_mmm(e['sagas_per_s'])} | {_mmm(e['steps_per_s'])} |"
+            f"| {e['store']} | {cl} | {e['workflow']} | {e['workers']} | {n} | {_mmm(e['sagas_per_s'])} | {_mmm(e['steps_per_s'])} |"
         )
     w("")
+    pairs = []
+    for e in res.get("throughput_durable", []):
+        base = _tp(res, "postgres", e["workflow"], e["workers"], "cpu-only")
+        if base and base["steps_per_s"].get("median") and e["steps_per_s"].get("median"):
+            pairs.append(
+                f"{e['workflow']} × {e['workers']}: {e['steps_per_s']['median'] / base['steps_per_s']['median']:.2f}"
+            )
+    if pairs:
+        w("Durable ÷ cpu-only, steps/s (medians): " + "; ".join(pairs) + ".")
+        w("")
     if "throughput.png" in made:
         w("![throughput vs workers](bench/plots/throughput.png)")
         w("")
@@ -502,9 +613,10 @@ def _baselines(res: dict[str, Any], w: Any) -> None:
 
 
 def _overhead(res: dict[str, Any], w: Any, made: list[str]) -> None:
-    ov = res.get("overhead")
-    if not ov:
+    runs = [(k, res[_OV_KEY[k]]) for k in ("cpu-only", "durable") if res.get(_OV_KEY[k])]
+    if not runs:
         return
+    ov = runs[0][1]
     w("## 3. Orchestration overhead per step (PostgreSQL, 3-step sagas)")
     w("")
     w(
@@ -513,23 +625,28 @@ def _overhead(res: dict[str, Any], w: Any, made: list[str]) -> None:
         "measured in-process); **gap** = `started_at` of step k+1 − `completed_at` of step k of the same saga "
         "(commit of step k in the store + decide + issuing the next call); **last commit** = terminal `updated_at` − "
         "last step's `completed_at`. One in flight = one worker with `max_concurrent: 1`; 50%/80% = sagas fed "
-        "continuously at that share of the 1-worker saturation rate."
+        "continuously at that share of the 1-worker saturation rate of the same cluster. On the durable cluster the "
+        "gap holds the commit's WAL flush."
     )
     w("")
-    w("| load | call − handler p50 / p99 (ms) | gap p50 / p99 (ms) | last commit p50 / p99 (ms) |")
-    w("|---|---:|---:|---:|")
-    for k, v in ov.get("loads", {}).items():
-        label = k.replace("_", " ") + (
-            f" ({_f(v.get('offered_sagas_per_s'))} sagas/s offered, "
-            f"{_f(v.get('achieved_sagas_per_s'))} done)"
-            if "offered_sagas_per_s" in v
-            else ""
-        )
-        c, g, t = v["call_minus_handler"], v["gap_between_steps"], v.get("last_commit", {})
-        w(
-            f"| {label} | {_f(c['p50_ms'], 2)} / {_f(c['p99_ms'], 2)} | {_f(g['p50_ms'], 2)} / {_f(g['p99_ms'], 2)} "
-            f"| {_f(t.get('p50_ms'), 2)} / {_f(t.get('p99_ms'), 2)} |"
-        )
+    w(
+        "| cluster | load | call − handler p50 / p99 (ms) | gap p50 / p99 (ms) | last commit p50 / p99 (ms) |"
+    )
+    w("|---|---|---:|---:|---:|")
+    for cluster, o in runs:
+        for k, v in o.get("loads", {}).items():
+            label = k.replace("_", " ") + (
+                f" ({_f(v.get('offered_sagas_per_s'))} sagas/s offered, "
+                f"{_f(v.get('achieved_sagas_per_s'))} done)"
+                if "offered_sagas_per_s" in v
+                else ""
+            )
+            c, g, t = v["call_minus_handler"], v["gap_between_steps"], v.get("last_commit", {})
+            w(
+                f"| {o.get('cluster') or cluster} | {label} | {_f(c['p50_ms'], 2)} / {_f(c['p99_ms'], 2)} | "
+                f"{_f(g['p50_ms'], 2)} / {_f(g['p99_ms'], 2)} "
+                f"| {_f(t.get('p50_ms'), 2)} / {_f(t.get('p99_ms'), 2)} |"
+            )
     w("")
     if "overhead_cdf.png" in made:
         w("![overhead distribution](bench/plots/overhead_cdf.png)")
@@ -537,18 +654,23 @@ def _overhead(res: dict[str, Any], w: Any, made: list[str]) -> None:
 
 
 def _peer(res: dict[str, Any], w: Any) -> None:
-    p = res.get("peer_dbos")
-    if not p:
+    runs = [(k, res[_PEER_KEY[k]]) for k in ("cpu-only", "durable") if res.get(_PEER_KEY[k])]
+    if not runs:
         return
     w("## 4. Peer: DBOS Transact")
     w("")
-    if p.get("error"):
-        w(f"Not measured: {p['error']}")
+    errors = [(k, p["error"]) for k, p in runs if p.get("error")]
+    for k, e in errors:
+        w(f"Not measured on the {k} cluster: {e}")
         w("")
+    runs = [(k, p) for k, p in runs if not p.get("error")]
+    if not runs:
         return
+    p = runs[0][1]
     sat = p.get("saturation", {})
     w(
-        f"DBOS Transact {p.get('version')} (PyPI `dbos`), its system database a fresh database on the same PostgreSQL. "
+        f"DBOS Transact {p.get('version')} (PyPI `dbos`), its system database a fresh database on the same PostgreSQL "
+        "cluster as ours in that row. "
         "The same 3-step workflow: a `@DBOS.workflow` calling three `@DBOS.step`s, each a grpcio JSON call to the same "
         f"participant process. Saturation: {sat.get('n')} workflows run by {sat.get('concurrency')} client threads "
         "in one process (DBOS runs a workflow in the calling thread; ours holds up to 100 sagas per worker), rate over "
@@ -556,32 +678,238 @@ def _peer(res: dict[str, Any], w: Any) -> None:
         "step; gap = DBOS's checkpoint of step k + dispatch of step k+1 — the same figure as our gap."
     )
     w("")
-    ours1 = _tp(res, "postgres", "bench-3", 1)
-    best = _best_tp(res, "postgres", "bench-3")
-    ov = res.get("overhead", {}).get("loads", {}).get("one_in_flight", {})
-    po = p.get("one_in_flight", {})
-    w("| | sagas/s | steps/s | gap p50 / p99 (ms), one in flight | step call p50 (ms) |")
-    w("|---|---:|---:|---:|---:|")
-    if ours1:
+    w("| cluster | | sagas/s | steps/s | gap p50 / p99 (ms), one in flight | step call p50 (ms) |")
+    w("|---|---|---:|---:|---:|---:|")
+    ratios = []
+    for cluster, pr in runs:
+        sat = pr.get("saturation", {})
+        ours1 = _tp(res, "postgres", "bench-3", 1, cluster)
+        best = _best_tp(res, "postgres", "bench-3", cluster)
+        ov = res.get(_OV_KEY[cluster], {}).get("loads", {}).get("one_in_flight", {})
+        po = pr.get("one_in_flight", {})
+        if ours1:
+            w(
+                f"| {cluster} | ours, 1 worker | {_mmm(ours1['sagas_per_s'])} | {_mmm(ours1['steps_per_s'])} | "
+                f"{_f(ov.get('gap_between_steps', {}).get('p50_ms'), 2)} / {_f(ov.get('gap_between_steps', {}).get('p99_ms'), 2)} | "
+                f"{_f(ov.get('call_minus_handler', {}).get('p50_ms'), 2)} |"
+            )
+        if best and best is not ours1:
+            w(
+                f"| {cluster} | ours, {best['workers']} workers | {_mmm(best['sagas_per_s'])} | {_mmm(best['steps_per_s'])} | | |"
+            )
         w(
-            f"| ours, 1 worker | {_mmm(ours1['sagas_per_s'])} | {_mmm(ours1['steps_per_s'])} | "
-            f"{_f(ov.get('gap_between_steps', {}).get('p50_ms'), 2)} / {_f(ov.get('gap_between_steps', {}).get('p99_ms'), 2)} | "
-            f"{_f(ov.get('call_minus_handler', {}).get('p50_ms'), 2)} |"
+            f"| {cluster} | DBOS, 1 process | {_mmm(sat.get('sagas_per_s'))} | {_mmm(sat.get('steps_per_s'))} | "
+            f"{_f(po.get('gap_between_steps', {}).get('p50_ms'), 2)} / {_f(po.get('gap_between_steps', {}).get('p99_ms'), 2)} | "
+            f"{_f(po.get('call', {}).get('p50_ms'), 2)} |"
         )
-    if best and best is not ours1:
-        w(
-            f"| ours, {best['workers']} workers | {_mmm(best['sagas_per_s'])} | {_mmm(best['steps_per_s'])} | | |"
-        )
-    w(
-        f"| DBOS, 1 process | {_mmm(sat.get('sagas_per_s'))} | {_mmm(sat.get('steps_per_s'))} | "
-        f"{_f(po.get('gap_between_steps', {}).get('p50_ms'), 2)} / {_f(po.get('gap_between_steps', {}).get('p99_ms'), 2)} | "
-        f"{_f(po.get('call', {}).get('p50_ms'), 2)} |"
-    )
-    if ours1 and sat.get("sagas_per_s", {}).get("median"):
+        dm = sat.get("sagas_per_s", {}).get("median")
+        if ours1 and best and dm:
+            ratios.append(
+                f"**{cluster}**: {ours1['sagas_per_s']['median'] / dm:.1f}× with one worker process, "
+                f"{best['sagas_per_s']['median'] / dm:.1f}× at our best worker count ({best['workers']})"
+            )
+    if ratios:
         w("")
+        w("Ours ÷ DBOS, sagas/s: " + "; ".join(ratios) + ".")
+    w("")
+
+
+def _physical(res: dict[str, Any], w: Any) -> None:
+    fs = res.get("pg_test_fsync")
+    pb = res.get("pgbench_durable")
+    if not fs and not pb:
+        return
+    w("## 2b. Physical baselines of the durable cluster")
+    w("")
+    if fs and fs.get("error"):
+        w(f"pg_test_fsync: not measured ({fs['error']}).")
+        w("")
+    elif fs:
+        one = (fs.get("sections") or {}).get("Compare file sync methods using one 8kB write", {})
+        two = (fs.get("sections") or {}).get("Compare file sync methods using two 8kB writes", {})
         w(
-            f"Ours ÷ DBOS: {ours1['sagas_per_s']['median'] / sat['sagas_per_s']['median']:.1f}× with one worker process, "
-            f"{best['sagas_per_s']['median'] / sat['sagas_per_s']['median']:.1f}× at our best worker count."
+            f"`pg_test_fsync -s {fs.get('seconds_per_test')}` (Debian's `{fs.get('binary')}`) on a directory in "
+            f"`{fs.get('directory')}`, beside the cluster's data directory"
+            + (
+                " (the same filesystem)"
+                if fs.get("same_filesystem_as_data")
+                else " (**not** the data's filesystem)"
+            )
+            + f". The cluster's `wal_sync_method` is **{fs.get('wal_sync_method')}**: "
+            f"**{_f(fs.get('wal_sync_method_ops_per_s'))} flushes/s** of one 8 kB write "
+            f"({_f(fs.get('wal_sync_method_two_writes_ops_per_s'))} of two). This is a virtual disk: "
+            "how much of a flush reaches stable media is the host's business, so this is the rate "
+            "this machine's commits see, not a disk's property."
+        )
+        w("")
+        w("| sync method | one 8 kB write, ops/s | two 8 kB writes, ops/s |")
+        w("|---|---:|---:|")
+        for k, v in one.items():
+            w(
+                f"| {k}{' ← wal_sync_method' if k == fs.get('wal_sync_method') else ''} | {_f(v)} | {_f(two.get(k))} |"
+            )
+        w("")
+    if pb and pb.get("error"):
+        w(f"pgbench: not measured ({pb['error']}).")
+        w("")
+    elif pb and pb.get("cases"):
+        w(
+            f"`pgbench` on a fresh database of the durable cluster: `pgbench -i -s {pb['scale']}` "
+            f"({pb['scale'] * 100_000:,} accounts, as many branches as the scale so the 8 clients "
+            f"do not queue on one row), then {pb['seconds_per_run']} s per run, `-M prepared`, "
+            f"`-j {pb.get('threads', 2)}`, {pb['runs']} interleaved run(s) per case, median (min–max). "
+            "`insert_only`: one `INSERT INTO pgbench_history` per transaction (the shortest durable "
+            "write); `saga_step_commit`: figure 2's raw step commit (UPDATE saga_states + INSERT "
+            "saga_step_logs, one saga per transaction). Every transaction is one commit, so one WAL "
+            "flush per transaction, shared by whichever commits wait at the same time (group commit)."
+        )
+        w("")
+        w("| case | options | clients | tps | mean latency (ms) |")
+        w("|---|---|---:|---:|---:|")
+        for name, e in pb["cases"].items():
+            w(
+                f"| {name} | `{e.get('options') or '(TPC-B-like)'}` | {e['clients']} | {_mmm(e['tps'])} "
+                f"| {_mmm(e['latency_avg_ms'], 2)} |"
+            )
+        w("")
+
+
+def _scaling(res: dict[str, Any], w: Any) -> None:
+    sc = res.get("scaling")
+    if not sc or not sc.get("runs"):
+        return
+    a = sc.get("assumptions", {})
+    inp = sc.get("inputs", {})
+    st, run = sc.get("median_steady", {}), sc.get("median_run", {})
+
+    def v(key: str) -> Any:
+        return (inp.get(key) or {}).get("value")
+
+    w("## 12. Past this machine, on paper from measurements (durable cluster)")
+    w("")
+    w(
+        f"Measured: {sc['sagas_per_run']:,} `{sc['workflow']}` sagas (3 steps each) run to the end by "
+        f"{sc['workers']} `saga worker` processes on a fresh database of the durable cluster, "
+        f"{len(sc['runs'])} run(s), medians. Before each run: `CHECKPOINT`, the sagas pre-inserted, "
+        "`pg_stat_statements_reset()`, `pg_stat_reset_shared('wal')`. **PostgreSQL CPU per step** = "
+        "user + system CPU (/proc) of every process of the cluster (backends, WAL writer, checkpointer, "
+        "autovacuum, the postmaster and its reaped children; the bench's own two connections left out) "
+        "÷ steps completed — it holds commit and WAL work no statement shows. **Statement time per step** = "
+        "Σ `total_exec_time + total_plan_time` of the bench database in pg_stat_statements ÷ steps "
+        "(the bench's polling left out; wall time inside the executor, so it includes waits; plan time is 0 "
+        "with `pg_stat_statements.track_planning` off). Both over the **steady window** (from the poll "
+        "that sees 10% of the sagas done to the one that sees 90%). **WAL per step** = WAL position "
+        "difference over the whole run ÷ steps; flushes (`pg_stat_wal.wal_sync`, `wal_sync_time`) and "
+        "commits (`pg_stat_database.xact_commit`) over the whole run, read a second after the workers "
+        "stopped (these counters reach the views up to a second late)."
+    )
+    w("")
+    w("| per completed step | steady window | whole run |")
+    w("|---|---:|---:|")
+    rows = (
+        ("PostgreSQL CPU, /proc (µs)", "pg_cpu_us_per_step", 0),
+        ("statement time, pg_stat_statements (µs)", "statement_us_per_step", 0),
+        ("statement calls", "statement_calls_per_step", 3),
+        ("WAL bytes (WAL position)", "lsn_bytes_per_step", 0),
+        ("WAL bytes (pg_stat_wal)", "wal_bytes_per_step", 0),
+        ("full-page images", "wal_fpi_per_step", 4),
+        ("commits", "commits_per_step", 3),
+        ("steps per WAL flush", "steps_per_wal_sync", 1),
+        ("ms per WAL flush (wal_sync_time ÷ wal_sync)", "wal_sync_ms_per_sync", 2),
+        ("worker CPU, /proc (µs)", "worker_cpu_us_per_step", 0),
+    )
+    for label, key, digits in rows:
+        w(f"| {label} | {_f(st.get(key), digits)} | {_f(run.get(key), digits)} |")
+    w(
+        f"| PostgreSQL cores busy (CPU s ÷ s) | {_f(st.get('pg_cores_busy'), 2)} | {_f(run.get('pg_cores_busy'), 2)} |"
+    )
+    w("")
+    w(
+        f"Rate: **{_f(sc.get('steps_per_s'))} steps/s** with {sc['workers']} workers = "
+        f"**{_f(sc.get('steps_per_s_per_worker'))} steps/s per worker process** on this machine "
+        "(2 cores shared by PostgreSQL, the workers, the participant and the poller)."
+    )
+    w("")
+    top = (sc["runs"][-1].get("top_statements") or [])[:4]
+    if top:
+        w(
+            "Statements by time (last run): "
+            + "; ".join(
+                f"`{t['query'][:70]}…` {t['calls']} calls, {_f(t['ms'] / max(t['calls'], 1), 2)} ms each"
+                for t in top
+            )
+            + "."
+        )
+        w("")
+    table = sc.get("table")
+    if not table:
+        w(f"No table: {sc.get('table_error', 'not computed')}.")
+        w("")
+        return
+    eff = a.get("cpu_efficiency")
+    bw = a.get("wal_bandwidth_mb_s")
+    w(
+        "The table: what a PostgreSQL server of N cores would carry of these steps, if nothing but the "
+        "bound in the column limited it. **Assumptions**, each stated:"
+    )
+    w("")
+    w(
+        f"- **CPU-bound** = N × {eff} ÷ PostgreSQL CPU per step ({_f(v('pg_cpu_us_per_step'))} µs, "
+        f"{(inp.get('pg_cpu_us_per_step') or {}).get('from')}, /proc). {eff} is the assumed share of N cores "
+        "turned into this work (the rest: lock and buffer contention, context switches, the OS, checkpoints "
+        "and autovacuum bursts). The CPU per step is assumed not to grow with N: measured on 2 shared "
+        "cores, where it already includes contention with the workers; at large N, contention on hot rows "
+        "and the WAL insertion locks would raise it, so the high rows are optimistic. The statement column "
+        f"uses the statement time instead ({_f(v('statement_us_per_step'))} µs: wall time in the executor, "
+        "commit and WAL flush excluded)."
+    )
+    w(
+        f"- **WAL-bandwidth-bound** = {_f(bw)} MB/s ÷ WAL bytes per step ({_f(v('wal_bytes_per_step'))} B): "
+        f"an assumed sustained sequential write rate for the WAL disk (a provisioned SSD volume; local NVMe "
+        "does several times more). One WAL stream: it does not grow with N."
+    )
+    w(
+        f"- **WAL-flush-bound** (group commit) = flushes/s × steps per flush: {_f(v('fsync_per_s'))} flushes/s "
+        f"({(inp.get('fsync_per_s') or {}).get('from')}) × {_f(v('steps_per_wal_sync'), 1)} steps per flush "
+        f"(measured: {_f(v('commits_per_step'), 3)} commits per step, i.e. a worker commits "
+        f"{_f(1 / v('commits_per_step') if v('commits_per_step') else None, 1)} steps at a time, and "
+        "commits waiting together share a flush). The measured steps per flush are those of this run's "
+        f"{sc['workers']} workers; with more workers more commits wait on each flush, so this bound rises with "
+        "the load until the bandwidth bound takes over: as stated it is a floor. "
+        + (
+            f"At a network-attached cloud volume's ~{_f(a.get('cloud_flushes_per_s'))} flushes/s it would be "
+            f"{_f(sc.get('cloud_flush_bound_steps_per_s'))} steps/s at the same batching"
+            if sc.get("cloud_flush_bound_steps_per_s")
+            else ""
+        )
+        + (
+            f"; at the flush time this run measured ({_f(v('wal_sync_ms_per_sync'), 2)} ms per "
+            f"`wal_sync`, larger writes than pg_test_fsync's 8 kB and a shared disk), "
+            f"{_f(sc.get('measured_flush_bound_steps_per_s'))} steps/s."
+            if sc.get("measured_flush_bound_steps_per_s")
+            else "."
+        )
+    )
+    w(
+        "- **Carried** = the least of the CPU, WAL-bandwidth and WAL-flush bounds. **Workers** = carried ÷ "
+        f"steps/s per worker process: at the rate measured here ({_f(sc.get('steps_per_s_per_worker'))}, "
+        "each worker sharing 2 cores with everything else: pessimistic), and at a worker's CPU ceiling "
+        f"({eff} × 1 core ÷ {_f(v('worker_cpu_us_per_step'))} µs of worker CPU per step = "
+        f"{_f(eff * 1e6 / v('worker_cpu_us_per_step') if v('worker_cpu_us_per_step') else None)} steps/s, "
+        "one core per worker). The participants' own work is not counted: it is the services' cost, not ours."
+    )
+    w("")
+    w(
+        "| PostgreSQL cores | CPU-bound steps/s | (statement time) | WAL-bandwidth-bound | WAL-flush-bound "
+        "| carried | limited by | workers (measured rate) | workers (CPU ceiling) |"
+    )
+    w("|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    for r in table:
+        w(
+            f"| {r['cores']} | {_f(r['cpu_bound_steps_per_s'])} | {_f(r['statement_bound_steps_per_s'])} "
+            f"| {_f(r['wal_bandwidth_bound_steps_per_s'])} | {_f(r['wal_flush_bound_steps_per_s'])} "
+            f"| **{_f(r['carried_steps_per_s'])}** | {r['limited_by'].replace('_', ' ')} "
+            f"| {_f(r['workers_at_measured_rate'])} | {_f(r['workers_at_cpu_ceiling'])} |"
         )
     w("")
 

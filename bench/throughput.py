@@ -134,11 +134,14 @@ def throughput(
     quick: bool,
     runs: int,
     results: dict[str, Any],
+    stores: list[str] | None = None,
+    workflows: list[str] | None = None,
 ) -> None:
-    """Fill results['throughput'] with one entry per (store, workflow, workers)."""
-    stores = ["postgres", "sqlite"] if pg_url else ["sqlite"]
+    """Fill results['throughput'] with one entry per (store, workflow, workers); `stores` and
+    `workflows` narrow the default sets."""
+    stores = stores or (["postgres", "sqlite"] if pg_url else ["sqlite"])
     worker_counts = [1, 2] if quick else [1, 2, 4]
-    workflows = (
+    workflows = workflows or (
         ["bench-3", c.COMPENSATION_WORKFLOW]
         if quick
         else ["bench-1", "bench-3", "bench-10", c.COMPENSATION_WORKFLOW]
