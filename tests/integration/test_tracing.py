@@ -8,13 +8,17 @@ import json
 import random
 import re
 import threading
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import attrs
 import grpc
 import pytest
 import requests
+import yaml
 from werkzeug.serving import make_server
 
 from saga_grpc.gen.k1s0.system.saga.v1 import saga_pb2, saga_pb2_grpc
@@ -22,6 +26,7 @@ from saga_grpc.server import build_server
 from saga_http.app import create_app
 from tests.harness import ParticipantProcess, step, wait_until, workflow_file, write_config
 from tests.otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
+from workers.adapters import tracing
 from workers.config import ConfigError, load_config
 from workers.service.engine import Engine
 
@@ -428,3 +433,152 @@ def test_telemetry_may_come_from_the_environment(tmp_path: Path) -> None:
     assert config.telemetry is not None
     assert config.telemetry.otlp_endpoint == "https://collector.internal:4317"
     assert config.telemetry.sample_ratio == 0.25
+
+
+# ------------------------------------------------------------------ the OTLP encoding
+
+
+class Records:
+    """Stands for the export queue: keeps the span records a RunTrace hands it."""
+
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def add(self, record: Any) -> None:
+        self.records.append(record)
+
+
+def sdk_encoding(records: list[Any], resource: Any) -> bytes:
+    """What the OpenTelemetry SDK sends for the same spans made as live SDK spans (a tracer,
+    the same ids, parents, attributes, status and times) and encoded by its own encoder."""
+    from opentelemetry import trace
+    from opentelemetry.context import Context
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.id_generator import IdGenerator
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+
+    class Ids(IdGenerator):
+        next = (0, 0)
+
+        def generate_span_id(self) -> int:
+            return self.next[1]
+
+        def generate_trace_id(self) -> int:
+            return self.next[0]
+
+    ids = Ids()
+    provider = TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_ON), id_generator=ids)
+    kept = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(kept))
+    tracer = provider.get_tracer("saga-server")
+    sampled = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+    for record in records:
+        name, trace_id, span_id, parent_id, remote, state, kind, start, end, attrs, code, text = (
+            record
+        )
+        context = Context()
+        if parent_id is not None:
+            parent = trace.SpanContext(
+                trace_id,
+                parent_id,
+                remote,
+                sampled,
+                trace.TraceState.from_header([state]) if state else None,
+            )
+            context = trace.set_span_in_context(trace.NonRecordingSpan(parent))
+        ids.next = (trace_id, span_id)
+        span = tracer.start_span(
+            name, context=context, kind=trace.SpanKind(kind - 1), attributes=attrs, start_time=start
+        )
+        if code:
+            span.set_status(trace.Status(trace.StatusCode(code), text))
+        span.end(end_time=end)
+    return bytes(encode_spans(kept.get_finished_spans()).SerializeToString())
+
+
+def test_the_export_is_byte_for_byte_what_the_sdk_sends() -> None:
+    """The spans of sagas with a caller and tracestate, a retry, failures and compensations, one starting its own trace and a step left unfinished are encoded into the very bytes the SDK's encoder makes of the same spans made as SDK spans."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    from saga.events import CallParticipant
+    from saga.model import Action, SagaStatus, StepLog, StepStatus, new_saga
+    from saga.workflow import parse_workflow
+    from workers.adapters.participant import CallResult
+
+    steps = [step(f"s{i}", "svc", f"pkg.S{i}.M", f"pkg.S{i}.Undo") for i in range(3)]
+    workflow = parse_workflow(yaml.safe_dump({"name": "traced", "steps": steps}))
+    records = Records()
+    run_tracing = tracing.Tracing(records)  # type: ignore[arg-type]
+    ok = CallResult(True, {}, None, "", 1.0)
+
+    def saga(traceparent: str | None, tracestate: str | None = None) -> Any:
+        return new_saga(
+            saga_id=str(uuid.uuid4()),
+            workflow=workflow,
+            payload={},
+            correlation_id=None,
+            initiated_by=None,
+            at=datetime.now(UTC),
+            trace_context=tracing.start_context(traceparent, tracestate),
+        )
+
+    def attempt(run: Any, state: Any, i: int, action: Action, n: int, result: Any) -> None:
+        call = CallParticipant(
+            state.saga_id, i, f"s{i}", action, n, "svc", f"pkg.S{i}.M", {}, 5.0, "key"
+        )
+        run.attempt(call).end(result)
+
+    def logged(run: Any, state: Any, i: int, action: Action, status: StepStatus) -> None:
+        at = state.created_at
+        run.logged(
+            [StepLog("id", state.saga_id, i, f"s{i}", action, status, None, None, "x", at, at)]
+        )
+
+    joined, _, _ = new_traceparent()
+    state = saga(joined, "vendor=abc,other=1")
+    run = run_tracing.run(state)
+    attempt(run, state, 0, Action.EXECUTE, 1, ok)
+    logged(run, state, 0, Action.EXECUTE, StepStatus.SUCCESS)
+    attempt(run, state, 1, Action.EXECUTE, 1, CallResult(False, {}, "UNAVAILABLE", "down", 1.0))
+    attempt(run, state, 1, Action.EXECUTE, 2, CallResult(False, {}, "NOT_A_CODE", "é" * 300, 1))
+    logged(run, state, 1, Action.EXECUTE, StepStatus.FAILED)
+    attempt(run, state, 0, Action.COMPENSATE, 1, ok)
+    logged(run, state, 0, Action.COMPENSATE, StepStatus.TIMEOUT)
+    run.ended(attrs.evolve(state, status=SagaStatus.FAILED, error_message="s1 failed: down"))
+    state = saga(None)  # its own trace
+    run = run_tracing.run(state)
+    attempt(run, state, 0, Action.EXECUTE, 1, ok)
+    logged(run, state, 0, Action.EXECUTE, StepStatus.SUCCESS)
+    attempt(run, state, 1, Action.EXECUTE, 1, ok)
+    run.abandon()  # the executor let it go before the step's log
+    run.ended(attrs.evolve(state, status=SagaStatus.COMPLETED))
+
+    resource = Resource.create({"service.name": "saga-under-test"})
+    encoder = tracing.Encoder(resource, InstrumentationScope("saga-server", ""))
+    got = records.records
+    assert len(got) == 8 + 5  # attempts, steps and the saga of each
+    assert encoder.encode(got) == sdk_encoding(got, resource)
+    # Values of every kind an attribute may take, names longer than one length byte, a
+    # request of many spans; and the same batch again (recurring entries encoded once).
+    name, trace_id, span_id, parent_id, remote, state_text, kind, start, end, _, code, text = got[1]
+    edge = (
+        "ü" * 200,
+        trace_id,
+        span_id,
+        parent_id,
+        remote,
+        state_text,
+        kind,
+        start,
+        end,
+        {"e": "", "s": "ß", "f": False, "t": True, "0": 0, "-1": -1, "max": 2**63 - 1, "x": 1.5},
+        code,
+        text,
+    )
+    many = [*got, edge] * 40
+    assert encoder.encode(many) == sdk_encoding(many, resource)
+    assert encoder.encode(many) == sdk_encoding(many, resource)

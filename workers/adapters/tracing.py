@@ -20,31 +20,42 @@ gets in `traceparent`. Sampling is decided once, when the saga starts (the calle
 flag, else `sample_ratio` on the new trace id, 1 where the starting process has no telemetry
 section), and every executor follows the stored decision.
 
-Without a `telemetry` section (and for a saga not sampled) no OpenTelemetry span is made: each
-attempt only gets a fresh random span id in its `traceparent`, a string format per call.
+Without a `telemetry` section (and for a saga not sampled) no span is recorded: each attempt
+only gets a fresh random span id in its `traceparent`, a string format per call.
+
+Exporting costs the executor's CPU, on the cores it shares with the store and the participants,
+so it is kept lean (`python -m bench.tracing_cost` measures it; with live SDK spans and the
+SDK's encoder it cost a third of the throughput). A span being recorded is a small object with
+its ids, start time and attributes; when it ends, one tuple (`_Record`) is appended to a queue
+(`_Batches`: batching as the SDK's BatchSpanProcessor does, with its OTEL_BSP_* settings). The
+export thread writes each batch straight into the OTLP protobuf wire format (`Encoder`: the
+same bytes as the SDK's encoder makes for the same SDK spans, each recurring attribute entry,
+like `saga.id` or `rpc.system`, encoded once) and sends it with the SDK's OTLP/gRPC exporter.
 
 Nothing here raises for what a client sent: an invalid `traceparent` starts a new trace.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
+import logging
+import os
 import random
+import struct
 import threading
+import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import grpc
 from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from saga.events import CallParticipant
@@ -53,10 +64,13 @@ from workers.adapters.participant import CallResult
 from workers.config import TelemetryConfig
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
+
+log = logging.getLogger(__name__)
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _SPAN_ID_MASK = 2**64 - 1
@@ -176,32 +190,58 @@ def _ns(at: datetime) -> int:
     return int(at.timestamp() * 1_000_000_000)
 
 
-class _Ids(IdGenerator):
-    """Random ids, except the ones the saga span must have: it is made by whichever executor
-    ends the saga, with the ids fixed when the saga started (`fixed`)."""
+# A span record, as the exporter's thread takes it: what an SDK span would hold by the time it
+# ends, as plain values (one tuple: no object per span beyond it and its attributes).
+#   (name, trace id, span id, parent span id | None, parent is remote, tracestate text,
+#    kind (OTLP number), start ns, end ns, attributes, status code (OTLP number), description)
+_Record = tuple[
+    str, int, int, int | None, bool, str, int, int, int, dict[str, Any], int, str | None
+]
+_INTERNAL, _CLIENT = 1, 3  # OTLP Span.SpanKind
+_UNSET, _ERROR = 0, 2  # OTLP Status.StatusCode (the SDK's StatusCode values)
 
-    def __init__(self) -> None:
-        self._random = RandomIdGenerator()
-        self._fixed = threading.local()
 
-    @contextmanager
-    def fixed(self, trace_id: int, span_id: int) -> Iterator[None]:
-        self._fixed.ids = (trace_id, span_id)
-        try:
-            yield
-        finally:
-            self._fixed.ids = None
+class _Open:
+    """A span not ended yet: its ids, start time and attributes so far."""
 
-    def generate_span_id(self) -> int:
-        ids = getattr(self._fixed, "ids", None)
-        return ids[1] if ids else self._random.generate_span_id()
+    __slots__ = ("out", "name", "span_id", "parent_id", "remote", "kind", "start", "attributes")
 
-    def generate_trace_id(self) -> int:
-        ids = getattr(self._fixed, "ids", None)
-        return ids[0] if ids else self._random.generate_trace_id()
+    def __init__(
+        self,
+        out: tuple[_Batches, int, str],
+        name: str,
+        parent_id: int,
+        remote: bool,
+        kind: int,
+        attributes: dict[str, Any],
+    ) -> None:
+        self.out = out  # where it goes: (the batches, the trace id, the tracestate text)
+        self.name = name
+        self.span_id = _random_id(64)
+        self.parent_id = parent_id
+        self.remote = remote
+        self.kind = kind
+        self.start = time.time_ns()
+        self.attributes = attributes
 
-    def is_trace_id_random(self) -> bool:
-        return True
+    def end(self, code: int = _UNSET, description: str | None = None) -> None:
+        batches, trace_id, trace_state = self.out
+        batches.add(
+            (
+                self.name,
+                trace_id,
+                self.span_id,
+                self.parent_id,
+                self.remote,
+                trace_state,
+                self.kind,
+                self.start,
+                time.time_ns(),
+                self.attributes,
+                code,
+                description,
+            )
+        )
 
 
 class Attempt:
@@ -210,98 +250,99 @@ class Attempt:
 
     __slots__ = ("metadata", "_span")
 
-    def __init__(self, metadata: tuple[tuple[str, str], ...], span: Any = None) -> None:
+    def __init__(self, metadata: tuple[tuple[str, str], ...], span: _Open | None = None) -> None:
         self.metadata = metadata
         self._span = span
 
     def end(self, result: CallResult) -> None:
         """The attempt answered (gRPC client conventions: the status code, ERROR unless OK)."""
-        span = self._span
+        span, self._span = self._span, None
         if span is None:
             return
+        attributes = span.attributes
         if result.ok:
-            span.set_attribute("rpc.grpc.status_code", 0)
-        else:
-            code = result.code or "UNKNOWN"
-            number = _GRPC_CODES.get(code)
-            if number is not None:
-                span.set_attribute("rpc.grpc.status_code", number)
-            span.set_attribute("error.type", code)
-            span.set_status(Status(StatusCode.ERROR, result.message[:_MAX_DESCRIPTION]))
-        span.end()
+            attributes["rpc.grpc.status_code"] = 0
+            span.end()
+            return
+        code = result.code or "UNKNOWN"
+        number = _GRPC_CODES.get(code)
+        if number is not None:
+            attributes["rpc.grpc.status_code"] = number
+        attributes["error.type"] = code
+        span.end(_ERROR, result.message[:_MAX_DESCRIPTION])
 
 
 class RunTrace:
     """The trace of one saga while this executor holds it: its context, and the span of the
     step execution (or compensation) in progress. Used by one thread at a time, like the
-    saga itself."""
+    saga itself (an attempt's span may end on the thread its answer comes on)."""
 
-    __slots__ = ("context", "_tracer", "_ids", "_parent", "_extra", "_step", "_step_key", "_saga")
+    __slots__ = ("context", "_out", "_extra", "_step", "_step_key", "_saga")
 
-    def __init__(self, state: SagaState, tracer: Any = None, ids: _Ids | None = None) -> None:
+    def __init__(self, state: SagaState, batches: _Batches | None = None) -> None:
         self.context = ctx = trace_of(state)
-        self._tracer = tracer if ctx.sampled else None
-        self._ids = ids
         self._extra: tuple[tuple[str, str], ...] = (
             ((TRACESTATE, ctx.tracestate),) if ctx.tracestate else ()
         )
-        self._step: Any = None
+        self._step: _Open | None = None
         self._step_key: tuple[int, str] | None = None
         self._saga = {"saga.id": state.saga_id, "saga.workflow": state.workflow_name}
-        self._parent: Context | None = None
-        if self._tracer is not None:
-            self._parent = trace.set_span_in_context(
-                trace.NonRecordingSpan(self._span_context(ctx.span_id))
-            )
-
-    def _span_context(self, span_id: int) -> trace.SpanContext:
-        ctx = self.context
-        return trace.SpanContext(
-            ctx.trace_id,
-            span_id,
-            is_remote=True,
-            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
-            trace_state=trace.TraceState.from_header([ctx.tracestate]) if ctx.tracestate else None,
-        )
+        self._out: tuple[_Batches, int, str] | None = None
+        if batches is not None and ctx.sampled:
+            # Every span below the saga's inherits the tracestate, as the SDK's spans do: the
+            # stored header as the SDK parses it (invalid entries dropped) and writes it.
+            text = ""
+            if ctx.tracestate:
+                parsed = TraceState.from_header([ctx.tracestate])
+                text = ",".join(f"{key}={value}" for key, value in parsed.items())
+            self._out = (batches, ctx.trace_id, text)
 
     def attempt(self, call: CallParticipant) -> Attempt:
         """Start one attempt of `call` (and, at its first attempt, the step's span): the
         `traceparent` (and `tracestate`) it sends carry the saga's trace and this attempt's
         span id."""
-        tracer = self._tracer
-        if tracer is None:
+        out = self._out
+        if out is None:
             header = self.context.traceparent(_random_id(64))
             return Attempt(((TRACEPARENT, header), *self._extra))
-        key = (call.step_index, call.action.value)
-        if call.attempt == 1 or self._step_key != key:
+        action = call.action.value
+        key = (call.step_index, action)
+        step = self._step
+        if step is None or call.attempt == 1 or self._step_key != key:
             self.abandon()
-            self._step = tracer.start_span(
-                f"{call.action.value.lower()} {call.step_name}",
-                context=self._parent,
-                attributes={
+            # The step's span hangs from the saga's own span (whoever reports it): remote.
+            step = self._step = _Open(
+                out,
+                f"{action.lower()} {call.step_name}",
+                self.context.span_id,
+                True,
+                _INTERNAL,
+                {
                     **self._saga,
                     "saga.step": call.step_name,
                     "saga.step_index": call.step_index,
-                    "saga.action": call.action.value,
+                    "saga.action": action,
                 },
             )
             self._step_key = key
         service, method = _rpc_names(call.method)
-        span = tracer.start_span(
+        span = _Open(
+            out,
             f"{service}/{method}",
-            context=trace.set_span_in_context(self._step),
-            kind=SpanKind.CLIENT,
-            attributes={
+            step.span_id,
+            False,
+            _CLIENT,
+            {
                 "rpc.system": "grpc",
                 "rpc.service": service,
                 "rpc.method": method,
                 **self._saga,
                 "saga.step": call.step_name,
-                "saga.action": call.action.value,
+                "saga.action": action,
                 "saga.attempt": call.attempt,
             },
         )
-        header = self.context.traceparent(span.get_span_context().span_id)
+        header = self.context.traceparent(span.span_id)
         return Attempt(((TRACEPARENT, header), *self._extra), span)
 
     def logged(self, logs: Sequence[StepLog]) -> None:
@@ -312,11 +353,11 @@ class RunTrace:
             if (log.step_index, log.action.value) != self._step_key:
                 continue
             span, self._step, self._step_key = self._step, None, None
-            span.set_attribute("saga.step.status", log.status.value)
+            span.attributes["saga.step.status"] = log.status.value
             if log.status in (StepStatus.FAILED, StepStatus.TIMEOUT):
-                text = (log.error_message or log.status.value)[:_MAX_DESCRIPTION]
-                span.set_status(Status(StatusCode.ERROR, text))
-            span.end()
+                span.end(_ERROR, (log.error_message or log.status.value)[:_MAX_DESCRIPTION])
+            else:
+                span.end()
             return
 
     def abandon(self) -> None:
@@ -324,87 +365,336 @@ class RunTrace:
         span ends unfinished."""
         if self._step is not None:
             span, self._step, self._step_key = self._step, None, None
-            span.set_attribute("saga.step.unfinished", True)
+            span.attributes["saga.step.unfinished"] = True
             span.end()
 
     def ended(self, state: SagaState) -> None:
-        """The saga reached its terminal status: report its own span, with the stored ids."""
+        """The saga reached its terminal status: report its own span, with the stored ids,
+        from the saga's creation to now (the terminal state was just written)."""
         self.abandon()
-        if self._tracer is None or self._ids is None:
+        out = self._out
+        if out is None:
             return
+        batches, trace_id, trace_state = out
         ctx = self.context
-        parent = Context()
-        if ctx.parent_span_id is not None:
-            parent = trace.set_span_in_context(
-                trace.NonRecordingSpan(self._span_context(ctx.parent_span_id))
-            )
-        with self._ids.fixed(ctx.trace_id, ctx.span_id):
-            span = self._tracer.start_span(
+        error = state.error_message
+        batches.add(
+            (
                 f"saga {state.workflow_name}",
-                context=parent,
-                attributes={**self._saga, "saga.status": state.status.value},
-                start_time=_ns(state.created_at),
+                trace_id,
+                ctx.span_id,
+                ctx.parent_span_id,
+                True,
+                # A saga that started its trace has no parent to inherit a tracestate from.
+                trace_state if ctx.parent_span_id is not None else "",
+                _INTERNAL,
+                _ns(state.created_at),
+                time.time_ns(),
+                {**self._saga, "saga.status": state.status.value},
+                _ERROR if error else _UNSET,
+                error[:_MAX_DESCRIPTION] if error else None,
             )
-        if state.error_message:
-            span.set_status(Status(StatusCode.ERROR, state.error_message[:_MAX_DESCRIPTION]))
-        span.end()  # now: the terminal state was just written
+        )
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number > 0:
+        return number
+    log.warning("%s=%r is not a positive integer; using %d", name, value, default)
+    return default
+
+
+class _Batches:
+    """Ended span records waiting for export, and the thread exporting them, as the SDK's
+    `BatchSpanProcessor` does and with its settings (OTEL_BSP_SCHEDULE_DELAY ms between
+    exports, OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE; the same defaults),
+    minus its cost per span: adding one is appending it to a deque."""
+
+    def __init__(self, exporter: Any) -> None:
+        from opentelemetry.sdk.environment_variables import (
+            OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
+            OTEL_BSP_MAX_QUEUE_SIZE,
+            OTEL_BSP_SCHEDULE_DELAY,
+        )
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        self._exporter = exporter
+        self._success = SpanExportResult.SUCCESS
+        self._delay = _env_int(OTEL_BSP_SCHEDULE_DELAY, 5000) / 1000
+        self._max_queue = _env_int(OTEL_BSP_MAX_QUEUE_SIZE, 2048)
+        self._max_batch = min(_env_int(OTEL_BSP_MAX_EXPORT_BATCH_SIZE, 512), self._max_queue)
+        self._queue: collections.deque[_Record] = collections.deque()
+        self._dropped = 0
+        self._stopped = False
+        self._wake = threading.Event()
+        self._exporting = threading.Lock()  # one export at a time: the thread's or a flush
+        self._thread = threading.Thread(target=self._run, name="saga-span-export", daemon=True)
+        self._thread.start()
+
+    def add(self, record: _Record) -> None:
+        queue = self._queue
+        if self._stopped or len(queue) >= self._max_queue:
+            self._dropped += 1  # counted (and logged) on the export thread
+            return
+        queue.append(record)
+        if len(queue) >= self._max_batch and not self._wake.is_set():
+            self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wake.wait(self._delay)
+            self._wake.clear()
+            self._export()
+        self._export(final=True)
+
+    def _export(self, final: bool = False) -> None:
+        """Export everything queued, in batches (at the end: until an export fails, so a
+        collector that is down delays a clean stop by one export's timeout, not one each)."""
+        queue = self._queue
+        with self._exporting:
+            while queue:
+                batch = [queue.popleft() for _ in range(min(self._max_batch, len(queue)))]
+                try:
+                    ok = self._exporter.export(batch) is self._success
+                except Exception:
+                    log.exception("exporting %d spans failed", len(batch))
+                    ok = False
+                if final and not ok:
+                    self._dropped += len(queue)
+                    queue.clear()
+            if self._dropped:
+                dropped, self._dropped = self._dropped, 0
+                log.warning("%d spans dropped: the export queue was full or stopped", dropped)
+
+    def flush(self) -> bool:
+        """Export every span added so far (what the thread is exporting now included)."""
+        self._export()
+        return True
+
+    def shutdown(self, timeout_secs: float = 30.0) -> None:
+        """Export what is left and stop the thread and the exporter."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._wake.set()
+        self._thread.join(timeout_secs)
+        self._exporter.shutdown()
+
+
+# --------------------------------------------------------------------------- OTLP encoding
+# The OTLP protobuf wire format of `ExportTraceServiceRequest` (opentelemetry-proto), written
+# directly from span records: field tags as bytes, lengths as varints. It is the bytes the
+# SDK's own encoder (`encode_spans(...).SerializeToString()`) makes for the same spans as SDK
+# spans, which tests/integration/test_tracing.py checks; the resource and scope around them
+# are encoded by the SDK's encoder itself, once.
+
+_FIXED64 = struct.Struct("<Q").pack
+_FIXED32 = struct.Struct("<I").pack
+_DOUBLE = struct.Struct("<d").pack
+_KIND_FIELDS = {kind: bytes((0x30, kind)) for kind in range(1, 6)}  # Span.kind = 6
+# Span.flags (fixed32, field 16): SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE, and IS_REMOTE when the
+# parent span is remote.
+_FLAGS_LOCAL = b"\x85\x01" + _FIXED32(0x100)
+_FLAGS_REMOTE = b"\x85\x01" + _FIXED32(0x300)
+_STATUS_UNSET = b"\x7a\x00"  # Span.status present and empty, as the SDK sends it
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_MEMO_LIMIT = 8192
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: bytes, data: bytes) -> bytes:
+    """A length-delimited field."""
+    n = len(data)
+    return tag + (bytes((n,)) if n < 0x80 else _varint(n)) + data
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate: protobuf strings are UTF-8
+        return text.encode(errors="replace")
+
+
+def _attribute(key: str, value: Any) -> bytes:
+    """A `Span.attributes` entry (field 9): KeyValue {key = 1; AnyValue value = 2}, the value
+    as the SDK encodes it (a bool, str, int64 or float; anything else as its str)."""
+    kind = type(value)
+    if kind is bool:
+        any_value = b"\x10\x01" if value else b"\x10\x00"
+    elif kind is int and _INT64_MIN <= value <= _INT64_MAX:
+        any_value = b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)
+    elif kind is float:
+        any_value = b"\x21" + _DOUBLE(value)
+    else:
+        any_value = _field(b"\x0a", _utf8(value if kind is str else str(value)))
+    key_field = _field(b"\x0a", _utf8(key)) if key else b""
+    return _field(b"\x4a", key_field + _field(b"\x12", any_value))
+
+
+def _span(record: _Record, memo: dict[tuple[str, Any], tuple[type, bytes]]) -> bytes:
+    """A `ScopeSpans.spans` entry (field 2): one Span."""
+    (
+        name,
+        trace_id,
+        span_id,
+        parent_id,
+        remote,
+        trace_state,
+        kind,
+        start,
+        end,
+        attributes,
+        code,
+        description,
+    ) = record
+    parts = [b"\x0a\x10", trace_id.to_bytes(16, "big"), b"\x12\x08", span_id.to_bytes(8, "big")]
+    if trace_state:
+        parts.append(_field(b"\x1a", _utf8(trace_state)))
+    if parent_id is not None:
+        parts += (b"\x22\x08", parent_id.to_bytes(8, "big"))
+    if name:
+        parts.append(_field(b"\x2a", _utf8(name)))
+    parts += (_KIND_FIELDS[kind], b"\x39", _FIXED64(start), b"\x41", _FIXED64(end))
+    for item in attributes.items():
+        # Recurring entries (saga.id on each of a saga's spans, rpc.system, ...) are encoded
+        # once; the type is checked as True == 1 in a dict key.
+        known = memo.get(item)
+        if known is None or known[0] is not type(item[1]):
+            if len(memo) >= _MEMO_LIMIT:
+                memo.clear()
+            known = memo[item] = (type(item[1]), _attribute(*item))
+        parts.append(known[1])
+    if code or description:  # Status {string message = 2; StatusCode code = 3}
+        message = _field(b"\x12", _utf8(description)) if description else b""
+        parts.append(_field(b"\x7a", message + (bytes((0x18, code)) if code else b"")))
+    else:
+        parts.append(_STATUS_UNSET)
+    parts.append(_FLAGS_REMOTE if parent_id is not None and remote else _FLAGS_LOCAL)
+    return _field(b"\x12", b"".join(parts))
+
+
+class Encoder:
+    """Span records of one resource and instrumentation scope to the bytes of one
+    `ExportTraceServiceRequest`. Used by one thread at a time (the export thread's)."""
+
+    def __init__(self, resource: Resource, scope: InstrumentationScope) -> None:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+        from opentelemetry.sdk.trace import ReadableSpan
+
+        # What the SDK's encoder puts around the spans of this resource and scope.
+        probe = ReadableSpan(
+            "", trace.SpanContext(1, 1, False), resource=resource, instrumentation_scope=scope
+        )
+        [resource_spans] = encode_spans([probe]).resource_spans
+        [scope_spans] = resource_spans.scope_spans
+        self._resource = _field(b"\x0a", resource_spans.resource.SerializeToString())
+        self._resource_schema = (
+            _field(b"\x1a", _utf8(resource_spans.schema_url)) if resource_spans.schema_url else b""
+        )
+        self._scope = _field(b"\x0a", scope_spans.scope.SerializeToString())
+        self._scope_schema = (
+            _field(b"\x1a", _utf8(scope_spans.schema_url)) if scope_spans.schema_url else b""
+        )
+        self._memo: dict[tuple[str, Any], tuple[type, bytes]] = {}
+
+    def encode(self, records: Sequence[_Record]) -> bytes:
+        if not records:
+            return b""
+        memo = self._memo
+        spans = b"".join([_span(record, memo) for record in records])
+        scope_spans = _field(b"\x12", self._scope + spans + self._scope_schema)
+        return _field(b"\x0a", self._resource + scope_spans + self._resource_schema)
+
+
+@functools.cache
+def _exporter_class() -> type:
+    """The SDK's OTLP/gRPC span exporter (its endpoint, TLS, headers, timeout, compression and
+    retries; the OTEL_EXPORTER_OTLP_* settings), taking span records: each batch's request is
+    made by `Encoder`. Imported when a telemetry section asks for it."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    class Exporter(OTLPSpanExporter):
+        def __init__(self, encoder: Encoder, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._encoder = encoder
+
+        def _translate_data(self, data: Sequence[_Record]) -> ExportTraceServiceRequest:  # type: ignore[override]
+            request: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(
+                self._encoder.encode(data)
+            )
+            return request
+
+    return Exporter
 
 
 class Tracing:
     """An executor's tracing: trace context on every call always; spans, exported over OTLP
-    by a background batch processor, only with a `telemetry` section."""
+    by a background thread, only with a `telemetry` section."""
 
-    def __init__(self, provider: TracerProvider | None = None, ids: _Ids | None = None) -> None:
-        self._provider = provider
-        self._ids = ids
-        self._tracer = provider.get_tracer("saga-server") if provider is not None else None
+    def __init__(self, batches: _Batches | None = None) -> None:
+        self._batches = batches
 
     @classmethod
     def from_config(cls, telemetry: TelemetryConfig | None) -> Tracing:
-        """Propagation only without `telemetry`; else a tracer provider exporting to its
+        """Propagation only without `telemetry`; else span batches exported to its
         `otlp_endpoint` (plaintext for http://, TLS for https://)."""
         if telemetry is None:
             return cls()
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-        ids = _Ids()
-        provider = TracerProvider(
-            resource=Resource.create({"service.name": telemetry.service_name}),
-            # Every span here has the saga's span as its parent, whose stored flag decides.
-            sampler=ParentBased(ALWAYS_ON),
-            id_generator=ids,
+        encoder = Encoder(
+            Resource.create({"service.name": telemetry.service_name}),
+            # What TracerProvider.get_tracer("saga-server") gives.
+            InstrumentationScope("saga-server", ""),
         )
-        exporter = OTLPSpanExporter(
+        exporter = _exporter_class()(
+            encoder,
             endpoint=telemetry.otlp_endpoint,
             insecure=telemetry.otlp_endpoint.startswith("http://"),
             # Each export (with its retries) gives up after this long, so a collector that is
             # down delays a clean stop by at most about this much; its spans are dropped.
             timeout=_EXPORT_TIMEOUT_SECS,
         )
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-        return cls(provider, ids)
+        return cls(_Batches(exporter))
 
     @property
     def exporting(self) -> bool:
-        return self._provider is not None
+        return self._batches is not None
 
     def run(self, state: SagaState) -> RunTrace:
         """The trace of `state` for the executor that just claimed it."""
-        return RunTrace(state, self._tracer, self._ids)
+        return RunTrace(state, self._batches)
 
     def flush(self, timeout_millis: int = 10_000) -> bool:
         """Export every span ended so far (tests, shutdown)."""
-        if self._provider is None:
+        if self._batches is None:
             return True
-        return self._provider.force_flush(timeout_millis)
+        return self._batches.flush()
 
     def close(self) -> None:
         """Export what is left and stop the exporter."""
-        if self._provider is not None:
-            self._provider.shutdown()
-            self._provider = None
-            self._tracer = None
+        if self._batches is not None:
+            self._batches.shutdown()
+            self._batches = None
