@@ -992,19 +992,22 @@ def method_text(sz: dict[str, int], runs: int) -> str:
         f"PostgreSQL database of its own); the peer is the original server's binary, in memory "
         f"or on a PostgreSQL database of its own (its migrations, a BYPASSRLS role, the workflow "
         f"inserted by SQL). {runs} round(s); each round starts every server afresh on an empty "
-        f"store, the cases in turn; figures are medians of the rounds (min–max). Saturation: "
+        f"store, the cases in turn (each round starting one later in the order); figures are "
+        f"medians of the rounds (min–max). Saturation: "
         f"{sz['saturation']:,} sagas started with `POST /api/v1/sagas` by {CLIENT_THREADS} client "
         f"threads (Python, one keep-alive `http.client` connection each); completed sagas/s = the "
         f"run's sagas COMPLETED ÷ (their last stored `updated_at` − the first start sent); "
         f"every saga of a run carries the run's `correlation_id`, and completion is watched by "
         f"polling `GET /api/v1/sagas?status=COMPLETED&correlation_id=<run>&page_size=1` "
-        f"(`total_count`) every {COUNT_POLL_S * 1000:.0f} ms; start requests/s and p50/p99 from the client. gRPC: the "
-        f"same with {sz['grpc']:,} `StartSaga` calls (payload as an encoded Struct). One in "
+        f"(`total_count`) every {COUNT_POLL_S * 1000:.0f} ms; start requests/s and p50/p99 "
+        f"from the client. gRPC: the same with {sz['grpc']:,} `StartSaga` calls (payload as an "
+        f"encoded Struct). One in "
         f"flight: {sz['one_in_flight']} sagas one at a time, start then `GET /api/v1/sagas/<id>` "
         f"every {ONE_POLL_S * 1000:g} ms until COMPLETED (start sent → COMPLETED seen). CPU over "
         f"the REST saturation from /proc: the server's process group, the PostgreSQL cluster "
-        f"(postmaster and children), and the bench process (load generator + poller), ÷ completed "
-        f"sagas. Memory: PSS (/proc/<pid>/smaps_rollup) summed over the server's processes, the "
+        f"(postmaster and children, whatever database they serve), and the bench process "
+        f"(load generator + poller), ÷ completed sagas. Memory: PSS (/proc/<pid>/smaps_rollup) "
+        f"summed over the server's processes, the "
         f"largest 0.5 s sample of the REST saturation. {WARMUP_SAGAS} warm-up sagas first. "
         f"All processes share the machine's cores."
     )
@@ -1087,7 +1090,8 @@ def e2e(
                     case.error = f"{type(exc).__name__}: {exc}"
                     c.log(f"  {case.key}: {case.error}")
         for i in range(runs):
-            for case in cases:
+            # Each round starts one later in the order, so that no case is always first.
+            for case in cases[i % len(cases) :] + cases[: i % len(cases)]:
                 if case.error:
                     continue
                 try:
@@ -1291,7 +1295,8 @@ def feature_cost(
         },
         "method": (
             f"Ours (`saga serve`) on a PostgreSQL database of its own, truncated before each run; "
-            f"{runs} round(s) of {', '.join(FEATURES)} in that order, a fresh server per run; "
+            f"{runs} round(s) of {', '.join(FEATURES)} (each round starting one later in that "
+            f"order), a fresh server per run; "
             f"each run: saturation ({sz['feature_saturation']:,} sagas started by "
             f"{CLIENT_THREADS} REST client threads, completed sagas/s as in the end-to-end "
             f"figure) then one in flight ({sz['feature_one_in_flight']} sagas, GET every "
@@ -1317,7 +1322,8 @@ def feature_cost(
         res["postgres_settings"] = pg_settings(pg_admin_url)
         postmaster = postmaster_pid(pg_admin_url)
         for i in range(runs):
-            for feature in FEATURES:
+            # Each round starts one later in the order, so that no variant is always first.
+            for feature in FEATURES[i % len(FEATURES) :] + FEATURES[: i % len(FEATURES)]:
                 try:
                     r = _feature_run(
                         feature, d / f"{feature}-{i}", part, wf_dir, db, sz, postmaster

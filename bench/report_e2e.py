@@ -245,7 +245,7 @@ def e2e_lines(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"- PostgreSQL {settings.get('server_version', '')}: fsync {settings.get('fsync')}, "
             f"synchronous_commit {settings.get('synchronous_commit')}"
-            + ("" if durable else " — not durable: the PostgreSQL goals ask for a durable cluster")
+            + ("" if durable else " — not durable; the PostgreSQL goals are for a durable one")
         )
     if lines[-1] != "":
         lines.append("")
