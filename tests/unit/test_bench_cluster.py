@@ -259,3 +259,87 @@ def test_scaling_table_flush_bound_binds_and_missing_inputs() -> None:
             steps_per_s_per_worker=None,
             worker_cpu_us_per_step=None,
         )
+
+
+def test_report_sections_render_the_durable_figures() -> None:
+    from bench import report
+
+    parsed = cluster.parse_pg_test_fsync(PG_TEST_FSYNC)
+    one = {"median": 9000.0, "min": 8000.0, "max": 9500.0, "runs": [9000.0]}
+    lat = {"median": 0.9, "min": 0.8, "max": 1.0, "runs": [0.9]}
+    steady = {
+        "pg_cpu_us_per_step": 140.0,
+        "statement_us_per_step": 200.0,
+        "worker_cpu_us_per_step": 350.0,
+        "pg_cores_busy": 0.3,
+    }
+    run = {
+        "lsn_bytes_per_step": 2000.0,
+        "steps_per_wal_sync": 20.0,
+        "wal_sync_ms_per_sync": 2.0,
+        "commits_per_step": 0.07,
+    }
+    table = cluster.scaling_table(
+        pg_cpu_us_per_step=140.0,
+        pg_statement_us_per_step=200.0,
+        wal_bytes_per_step=2000.0,
+        fsync_per_s=10_000.0,
+        steps_per_flush=20.0,
+        steps_per_s_per_worker=1000.0,
+        worker_cpu_us_per_step=350.0,
+    )
+    inputs = {
+        "pg_cpu_us_per_step": {"value": 140.0, "from": "steady window"},
+        "statement_us_per_step": {"value": 200.0, "from": "steady window"},
+        "worker_cpu_us_per_step": {"value": 350.0, "from": "steady window"},
+        "wal_bytes_per_step": {"value": 2000.0, "from": "whole run"},
+        "steps_per_wal_sync": {"value": 20.0, "from": "whole run"},
+        "wal_sync_ms_per_sync": {"value": 2.0, "from": "whole run"},
+        "commits_per_step": {"value": 0.07, "from": "whole run"},
+        "fsync_per_s": {"value": 10_000.0, "from": "pg_test_fsync, fdatasync, one 8 kB write"},
+    }
+    res = {
+        "pg_test_fsync": {
+            "wal_sync_method": "fdatasync",
+            "seconds_per_test": 1,
+            "directory": "/var/lib/postgresql/15",
+            "same_filesystem_as_data": True,
+            "sections": parsed["sections"],
+            "wal_sync_method_ops_per_s": cluster.fsync_rate(parsed, "fdatasync"),
+        },
+        "pgbench_durable": {
+            "scale": 10,
+            "seconds_per_run": 3,
+            "runs": 1,
+            "cases": {
+                "insert_only": {
+                    "clients": 8,
+                    "options": "-n -f insert-only.sql",
+                    "tps": one,
+                    "latency_avg_ms": lat,
+                }
+            },
+        },
+        "scaling": {
+            "workflow": "bench-3",
+            "sagas_per_run": 1000,
+            "workers": 2,
+            "runs": [{"steps": 3000, "top_statements": []}],
+            "assumptions": {"cpu_efficiency": 0.7, "wal_bandwidth_mb_s": 200.0},
+            "median_steady": steady,
+            "median_run": run,
+            "inputs": inputs,
+            "steps_per_s": 2000.0,
+            "steps_per_s_per_worker": 1000.0,
+            "table": table,
+        },
+    }
+    lines: list[str] = []
+    report._physical(res, lines.append)
+    report._scaling(res, lines.append)
+    text = "\n".join(lines)
+    assert "| fdatasync ← wal_sync_method | 11,025 | 10,857 |" in text
+    assert "| insert_only | `-n -f insert-only.sql` | 8 | **9,000** (8,000–9,500) |" in text
+    assert "| 2 | 10,000 | 7,000 | 100,000 | 200,000 | **10,000** | cpu | 10 | 5 |" in text
+    assert "| 32 | 160,000 | 112,000 | 100,000 | 200,000 | **100,000** | wal bandwidth |" in text
+    assert "N × 0.7 ÷ PostgreSQL CPU per step (140 µs" in text
