@@ -321,6 +321,23 @@ def _event_values(commit: Commit, now: float) -> list[tuple[Any, ...]]:
 # --------------------------------------------------------------------------- the store
 
 
+class _Start:
+    """One `create_saga` call waiting for its group's transaction."""
+
+    __slots__ = ("state", "key", "request_hash", "latest_version", "done", "result", "error")
+
+    def __init__(
+        self, state: SagaState, key: str | None, request_hash: str | None, latest: bool
+    ) -> None:
+        self.state = state
+        self.key = key
+        self.request_hash = request_hash
+        self.latest_version = latest
+        self.done = threading.Event()
+        self.result: tuple[SagaState, str | None, bool] | None = None
+        self.error: BaseException | None = None
+
+
 class _Wakes:
     """Wake-ups between the processes of one SQLite file: each listening process binds a
     datagram socket in one directory (named after the file's real path, in the temporary
@@ -423,6 +440,9 @@ class SqliteStore(Store):
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         self._writer_lock = threading.Lock()
+        self._starts_lock = threading.Lock()
+        self._starts: list[_Start] = []
+        self._starts_leader = False
         self._lock_fd: int | None = None
         self._lock_pid = 0
         if path != ":memory:":
@@ -531,38 +551,86 @@ class SqliteStore(Store):
         request_hash: str | None = None,
         latest_version: bool = False,
     ) -> tuple[SagaState, str | None, bool]:
-        with self._write() as conn:
-            if idempotency_key is not None:
-                row = conn.execute(_SAGA_BY_IDEMPOTENCY_KEY, (idempotency_key,)).fetchone()
-                if row is not None:
-                    return _state(row), row["request_hash"], False
-            if latest_version:
-                version = conn.execute(_LATEST_VERSION, (state.workflow_name,)).fetchone()["v"]
-                if not version:
-                    raise UnknownWorkflow(state.workflow_name)
-                state = evolve(state, workflow_version=version)
-            seq = conn.execute(_NEXT_SEQ).fetchone()["seq"]
-            conn.execute(
-                _CREATE_SAGA,
-                {
-                    "id": state.saga_id,
-                    "workflow_name": state.workflow_name,
-                    "workflow_version": state.workflow_version,
-                    "current_step": state.current_step,
-                    "status": state.status.value,
-                    "payload": _json(dict(state.payload)),
-                    "correlation_id": state.correlation_id,
-                    "initiated_by": state.initiated_by,
-                    "error_message": state.error_message,
-                    "created_at": _ts(state.created_at),
-                    "updated_at": _ts(state.updated_at),
-                    "idempotency_key": idempotency_key,
-                    "request_hash": request_hash,
-                    "seq": seq,
-                    "trace_context": state.trace_context,
-                },
-            )
-        self._wakes.tell()
+        """Starts are written in groups (group commit): the first start to arrive takes the
+        write lock, and every start that arrives while it waits for it is written in the same
+        transaction, each under a savepoint of its own (one start's error is its own). Under
+        load this turns a queue of starts for the one write lock into one turn."""
+        item = _Start(state, idempotency_key, request_hash, latest_version)
+        with self._starts_lock:
+            self._starts.append(item)
+            lead = not self._starts_leader
+            self._starts_leader = True
+        if not lead:
+            item.done.wait()
+        else:
+            group: list[_Start] | None = None
+
+            def take() -> list[_Start]:
+                with self._starts_lock:
+                    taken, self._starts = self._starts, []
+                    self._starts_leader = False  # the next arrival leads the next group
+                return taken
+
+            try:
+                with self._write() as conn:
+                    group = take()
+                    for each in group:
+                        conn.execute("SAVEPOINT start")
+                        try:
+                            each.result = self._create_one(conn, each)
+                        except Exception as exc:  # noqa: BLE001 - handed to its caller
+                            conn.execute("ROLLBACK TO start")
+                            each.error = exc
+                        conn.execute("RELEASE start")
+            except BaseException as exc:
+                # Nothing of the group was written (or the lock was never had): each fails.
+                for each in group if group is not None else take():
+                    each.result, each.error = None, exc
+                    each.done.set()
+                raise
+            if any(each.result is not None and each.result[2] for each in group):
+                self._wakes.tell()
+            for each in group:
+                each.done.set()
+        if item.error is not None:
+            raise item.error
+        assert item.result is not None
+        return item.result
+
+    def _create_one(
+        self, conn: sqlite3.Connection, item: _Start
+    ) -> tuple[SagaState, str | None, bool]:
+        state, idempotency_key, request_hash = item.state, item.key, item.request_hash
+        if idempotency_key is not None:
+            row = conn.execute(_SAGA_BY_IDEMPOTENCY_KEY, (idempotency_key,)).fetchone()
+            if row is not None:
+                return _state(row), row["request_hash"], False
+        if item.latest_version:
+            version = conn.execute(_LATEST_VERSION, (state.workflow_name,)).fetchone()["v"]
+            if not version:
+                raise UnknownWorkflow(state.workflow_name)
+            state = evolve(state, workflow_version=version)
+        seq = conn.execute(_NEXT_SEQ).fetchone()["seq"]
+        conn.execute(
+            _CREATE_SAGA,
+            {
+                "id": state.saga_id,
+                "workflow_name": state.workflow_name,
+                "workflow_version": state.workflow_version,
+                "current_step": state.current_step,
+                "status": state.status.value,
+                "payload": _json(dict(state.payload)),
+                "correlation_id": state.correlation_id,
+                "initiated_by": state.initiated_by,
+                "error_message": state.error_message,
+                "created_at": _ts(state.created_at),
+                "updated_at": _ts(state.updated_at),
+                "idempotency_key": idempotency_key,
+                "request_hash": request_hash,
+                "seq": seq,
+                "trace_context": state.trace_context,
+            },
+        )
         return state, request_hash, True
 
     def get_saga(self, saga_id: str, *, with_steps: bool = False) -> SagaState | None:
