@@ -455,11 +455,11 @@ class _Batches:
             self._wake.wait(self._delay)
             self._wake.clear()
             self._export()
-        self._export(final=True)
+        self._export()  # what is left
 
-    def _export(self, final: bool = False) -> None:
-        """Export everything queued, in batches (at the end: until an export fails, so a
-        collector that is down delays a clean stop by one export's timeout, not one each)."""
+    def _export(self) -> None:
+        """Export everything queued, in batches; once stopping, until an export fails (so a
+        collector that is down delays a clean stop by about one export's timeout)."""
         queue = self._queue
         with self._exporting:
             while queue:
@@ -469,7 +469,7 @@ class _Batches:
                 except Exception:
                     log.exception("exporting %d spans failed", len(batch))
                     ok = False
-                if final and not ok:
+                if not ok and self._stopped:
                     self._dropped += len(queue)
                     queue.clear()
             if self._dropped:
