@@ -841,6 +841,33 @@ def test_commits_store_state_and_logs_in_order(store: Store, clock: Clock) -> No
         assert_utc(log.completed_at)
 
 
+def test_saga_detail_is_the_saga_its_logs_and_its_actions(store: Store, clock: Clock) -> None:
+    """`saga_detail` (one round trip where the store can) reads exactly what `get_saga`,
+    `get_step_logs` and `operator_actions` read, for a saga with logs of every kind, odd
+    values (floats, big integers, non-ASCII, nulls, nesting) and operator actions."""
+    wf = store.register_workflow(make_workflow())
+    saga = make_saga(store, wf, clock(), payload={"n": 1.0, "big": 2**62, "name": "Zoë"})
+    assert store.saga_detail(saga.saga_id) == (saga, [], [])
+    run = Run.claim(store, "ex-1", wf, clock, saga.saga_id)
+    run.resume()
+    run.succeed(reserved={"sku": "A", "qty": 2, "price": 0.1, "none": None}, note="日本語")
+    run.resume()
+    run.fail("FAILED_PRECONDITION", "no\nway \u2603")
+    paused = store.request_pause(saga.saga_id, by="bob", at=clock())  # COMPENSATING: yes
+    assert paused is not None and paused.accepted
+    detail = store.saga_detail(saga.saga_id)
+    assert detail is not None
+    state, logs, actions = detail
+    assert state == store.get_saga(saga.saga_id)
+    assert logs == store.get_step_logs(saga.saga_id) and len(logs) >= 2
+    assert actions == store.operator_actions(saga.saga_id) and len(actions) == 1
+    for log in logs:
+        assert_utc(log.started_at)
+        assert_utc(log.completed_at)
+    assert store.saga_detail(str(uuid.uuid4())) is None
+    assert store.saga_detail("not-a-uuid") is None
+
+
 def test_logs_written_together_keep_their_order(store: Store, clock: Clock) -> None:
     """Step logs committed together with the same completion time read back in written order."""
     steps = (

@@ -271,18 +271,19 @@ class Engine:
         return 1.0 if telemetry is None else telemetry.sample_ratio
 
     def get_saga(self, saga_id: Any) -> tuple[SagaState, list[StepLog]]:
-        sid = inputs.saga_id(saga_id)
-        state = self.store.get_saga(sid)
-        if state is None:
-            raise NotFound(f"saga not found: {sid}")
-        return state, self.store.get_step_logs(sid)
+        state, logs, _ = self.get_saga_detail(saga_id)
+        return state, logs
 
     def get_saga_detail(
         self, saga_id: Any
     ) -> tuple[SagaState, list[StepLog], list[OperatorAction]]:
         """The saga, its step logs and its operator actions (oldest first)."""
-        state, logs = self.get_saga(saga_id)
-        return state, logs, self.store.operator_actions(state.saga_id)
+        sid = inputs.saga_id(saga_id)
+        found = self.store.saga_detail(sid)
+        if found is None:
+            raise NotFound(f"saga not found: {sid}")
+        state, logs, actions = found
+        return state, logs, actions
 
     def operator_actions(self, saga_id: Any) -> list[OperatorAction]:
         """A saga's pauses, resumes and cancels, oldest first (SPEC §11 audit)."""

@@ -179,6 +179,16 @@ class Store(abc.ABC):
         """The saga as last committed, or None; with `with_steps`, `steps` rebuilt from its logs
         (what an operator action decides on)."""
 
+    def saga_detail(
+        self, saga_id: str
+    ) -> tuple[SagaState, list[StepLog], list[OperatorAction]] | None:
+        """The saga, its step logs (as `get_step_logs`) and its operator actions (as
+        `operator_actions`), or None. A store may read them in one round trip."""
+        state = self.get_saga(saga_id)
+        if state is None:
+            return None
+        return state, self.get_step_logs(saga_id), self.operator_actions(saga_id)
+
     @abc.abstractmethod
     def get_step_logs(self, saga_id: str) -> list[StepLog]:
         """The saga's step logs in time order (completion time, then insertion)."""

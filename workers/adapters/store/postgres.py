@@ -237,6 +237,19 @@ SELECT workflow_name, COALESCE(sum(n), 0) AS n FROM {schema}.saga_counts
 WHERE status = 'PAUSED' GROUP BY workflow_name
 """
 
+# GET of one saga in one round trip: the saga row, with its step logs and operator actions
+# as JSON arrays (read back with `_from_json_row`), each in the order of its own statement.
+_SAGA_DETAIL = f"""
+SELECT {_STATE_COLUMNS},
+    (SELECT COALESCE(json_agg(l ORDER BY l.seq), '[]'::json) FROM (
+        SELECT seq, {_LOG_COLUMNS} FROM {{schema}}.saga_step_logs WHERE saga_id = s.id) l
+    ) AS step_logs,
+    (SELECT COALESCE(json_agg(a ORDER BY a.seq), '[]'::json) FROM (
+        SELECT seq, {ACTION_COLUMNS} FROM {{schema}}.operator_actions WHERE saga_id = s.id) a
+    ) AS operator_actions
+FROM {{schema}}.saga_states s WHERE s.id = %s
+"""
+
 _OPERATOR_ACTIONS = f"""
 SELECT {ACTION_COLUMNS} FROM {{schema}}.operator_actions WHERE saga_id = %s ORDER BY seq
 """
@@ -589,6 +602,11 @@ def _log_from_row(row: Mapping[str, Any]) -> StepLog:
     return log_from_row(row, _utc_required, _as_is)
 
 
+def _from_json_time(value: str) -> datetime:
+    # json_agg writes a timestamptz in ISO 8601 (the session's time zone is UTC).
+    return datetime.fromisoformat(value).astimezone(UTC)
+
+
 def _workflow_from_row(row: Mapping[str, Any]) -> Workflow:
     definition = dict(row["definition"])
     definition.pop("version", None)
@@ -739,6 +757,7 @@ class PostgresStore(Store):
         self._saga_by_key = q(_SAGA_BY_IDEMPOTENCY_KEY)
         self._get_saga = q(_GET_SAGA)
         self._get_step_logs = q(_GET_STEP_LOGS)
+        self._saga_detail = q(_SAGA_DETAIL)
         self._request_cancel = q(_REQUEST_CANCEL)
         self._is_cancel_requested = q(_IS_CANCEL_REQUESTED)
         self._request_pause = q(_REQUEST_PAUSE)
@@ -912,6 +931,20 @@ class PostgresStore(Store):
             logs = [_log_from_row(r) for r in self._rows(self._forward_logs, ([sid],))]
             state = evolve(state, steps=steps_from_logs(logs))
         return state
+
+    def saga_detail(
+        self, saga_id: str
+    ) -> tuple[SagaState, list[StepLog], list[OperatorAction]] | None:
+        sid = _uuid(saga_id)
+        if sid is None:
+            return None
+        rows = self._rows(self._saga_detail, (sid,))
+        if not rows:
+            return None
+        row = rows[0]
+        logs = [log_from_row(g, _from_json_time, _as_is) for g in row["step_logs"]]
+        actions = [action_from_row(a, _from_json_time) for a in row["operator_actions"]]
+        return _state_from_row(row), logs, actions
 
     def get_step_logs(self, saga_id: str) -> list[StepLog]:
         sid = _uuid(saga_id)
