@@ -525,7 +525,11 @@ def _varint(n: int) -> bytes:
 def _field(tag: bytes, data: bytes) -> bytes:
     """A length-delimited field."""
     n = len(data)
-    return tag + (bytes((n,)) if n < 0x80 else _varint(n)) + data
+    if n < 0x80:
+        return tag + bytes((n,)) + data
+    if n < 0x4000:
+        return tag + bytes(((n & 0x7F) | 0x80, n >> 7)) + data
+    return tag + _varint(n) + data
 
 
 def _utf8(text: str) -> bytes:
@@ -630,20 +634,39 @@ class Encoder:
 def _exporter_class() -> type:
     """The SDK's OTLP/gRPC span exporter (its endpoint, TLS, headers, timeout, compression and
     retries; the OTEL_EXPORTER_OTLP_* settings), taking span records: each batch's request is
-    made by `Encoder`. Imported when a telemetry section asks for it."""
+    made by `Encoder` and sent as those bytes (no protobuf message is built to be serialised
+    again). Imported when a telemetry section asks for it."""
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+        ExportTraceServiceResponse,
+    )
+
+    class RawStub:
+        """TraceService's Export, its request already serialised."""
+
+        def __init__(self, channel: grpc.Channel) -> None:
+            self.Export = channel.unary_unary(
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                request_serializer=None,
+                response_deserializer=ExportTraceServiceResponse.FromString,
+            )
 
     class Exporter(OTLPSpanExporter):
         def __init__(self, encoder: Encoder, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self._encoder = encoder
+            # The exporter makes its client from `_stub` (again when it reconnects).
+            self._stub = RawStub
+            self._client = RawStub(self._channel)
 
-        def _translate_data(self, data: Sequence[_Record]) -> ExportTraceServiceRequest:  # type: ignore[override]
-            request: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(
-                self._encoder.encode(data)
-            )
-            return request
+        def _translate_data(self, data: Sequence[_Record]) -> Any:  # type: ignore[override]
+            request = self._encoder.encode(data)
+            if isinstance(self._client, RawStub):
+                return request
+            # A client of the exporter's own making takes a message.
+            message: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(request)
+            return message
 
     return Exporter
 
