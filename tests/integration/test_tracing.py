@@ -561,7 +561,7 @@ def test_the_export_is_byte_for_byte_what_the_sdk_sends() -> None:
     encoder = tracing.Encoder(resource, InstrumentationScope("saga-server", ""))
     got = records.records
     assert len(got) == 8 + 5  # attempts, steps and the saga of each
-    assert encoder.encode(got) == sdk_encoding(got, resource)
+    assert encoder.request([encoder.span(r) for r in got]) == sdk_encoding(got, resource)
     # Values of every kind an attribute may take, names longer than one length byte, a
     # request of many spans; and the same batch again (recurring entries encoded once).
     name, trace_id, span_id, parent_id, remote, state_text, kind, start, end, _, code, text = got[1]
@@ -580,5 +580,6 @@ def test_the_export_is_byte_for_byte_what_the_sdk_sends() -> None:
         text,
     )
     many = [*got, edge] * 40
-    assert encoder.encode(many) == sdk_encoding(many, resource)
-    assert encoder.encode(many) == sdk_encoding(many, resource)
+    expected = sdk_encoding(many, resource)
+    assert encoder.request([encoder.span(r) for r in many]) == expected
+    assert encoder.request([encoder.span(r) for r in many]) == expected

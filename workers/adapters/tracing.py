@@ -26,11 +26,12 @@ only gets a fresh random span id in its `traceparent`, a string format per call.
 Exporting costs the executor's CPU, on the cores it shares with the store and the participants,
 so it is kept lean (`python -m bench.tracing_cost` measures it; with live SDK spans and the
 SDK's encoder it cost a third of the throughput). A span being recorded is a small object with
-its ids, start time and attributes; when it ends, one tuple (`_Record`) is appended to a queue
-(`_Batches`: batching as the SDK's BatchSpanProcessor does, with its OTEL_BSP_* settings). The
-export thread writes each batch straight into the OTLP protobuf wire format (`Encoder`: the
-same bytes as the SDK's encoder makes for the same SDK spans, each recurring attribute entry,
-like `saga.id` or `rpc.system`, encoded once) and sends it with the SDK's OTLP/gRPC exporter.
+its ids, start time and attributes; when it ends, it is written (one tuple, `_Record`)
+straight into the OTLP protobuf wire format (`Encoder`: the same bytes as the SDK's encoder
+makes for the same SDK spans, each recurring attribute entry, like `saga.id` or `rpc.system`,
+encoded once) and queued (`_Batches`: batching as the SDK's BatchSpanProcessor does, with its
+OTEL_BSP_* settings); the export thread sends each batch's request, as bytes, with the SDK's
+OTLP/gRPC exporter.
 
 Nothing here raises for what a client sent: an invalid `traceparent` starts a new trace.
 """
@@ -415,12 +416,13 @@ def _env_int(name: str, default: int) -> int:
 
 
 class _Batches:
-    """Ended span records waiting for export, and the thread exporting them, as the SDK's
-    `BatchSpanProcessor` does and with its settings (OTEL_BSP_SCHEDULE_DELAY ms between
-    exports, OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE; the same defaults),
-    minus its cost per span: adding one is appending it to a deque."""
+    """Ended spans, encoded, waiting for export, and the thread exporting them in batches, as
+    the SDK's `BatchSpanProcessor` does and with its settings (OTEL_BSP_SCHEDULE_DELAY ms
+    between exports, OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE; the same
+    defaults), minus its cost per span: adding one is encoding it and appending the bytes to a
+    deque."""
 
-    def __init__(self, exporter: Any) -> None:
+    def __init__(self, exporter: Any, encoder: Encoder) -> None:
         from opentelemetry.sdk.environment_variables import (
             OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
             OTEL_BSP_MAX_QUEUE_SIZE,
@@ -429,11 +431,12 @@ class _Batches:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
         self._exporter = exporter
+        self._encoder = encoder
         self._success = SpanExportResult.SUCCESS
         self._delay = _env_int(OTEL_BSP_SCHEDULE_DELAY, 5000) / 1000
         self._max_queue = _env_int(OTEL_BSP_MAX_QUEUE_SIZE, 2048)
         self._max_batch = min(_env_int(OTEL_BSP_MAX_EXPORT_BATCH_SIZE, 512), self._max_queue)
-        self._queue: collections.deque[_Record] = collections.deque()
+        self._queue: collections.deque[bytes] = collections.deque()
         self._dropped = 0
         self._stopped = False
         self._wake = threading.Event()
@@ -446,7 +449,12 @@ class _Batches:
         if self._stopped or len(queue) >= self._max_queue:
             self._dropped += 1  # counted (and logged) on the export thread
             return
-        queue.append(record)
+        try:
+            span = self._encoder.span(record)
+        except Exception:  # never the executor's problem: the span is lost, said so
+            log.exception("span %r could not be encoded; dropped", record[0])
+            return
+        queue.append(span)
         if len(queue) >= self._max_batch and not self._wake.is_set():
             self._wake.set()
 
@@ -598,8 +606,9 @@ def _span(record: _Record, memo: dict[tuple[str, Any], tuple[type, bytes]]) -> b
 
 
 class Encoder:
-    """Span records of one resource and instrumentation scope to the bytes of one
-    `ExportTraceServiceRequest`. Used by one thread at a time (the export thread's)."""
+    """Span records of one resource and instrumentation scope to the bytes of an
+    `ExportTraceServiceRequest`: each span as it ends (its data still in the CPU's caches:
+    encoded later, on the export thread, it cost twice as much), the request around a batch."""
 
     def __init__(self, resource: Resource, scope: InstrumentationScope) -> None:
         from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -621,19 +630,22 @@ class Encoder:
         )
         self._memo: dict[tuple[str, Any], tuple[type, bytes]] = {}
 
-    def encode(self, records: Sequence[_Record]) -> bytes:
-        if not records:
+    def span(self, record: _Record) -> bytes:
+        """One span, encoded (any thread: its memo is only read and written whole)."""
+        return _span(record, self._memo)
+
+    def request(self, spans: Sequence[bytes]) -> bytes:
+        """The request exporting `spans` (each from `span`)."""
+        if not spans:
             return b""
-        memo = self._memo
-        spans = b"".join([_span(record, memo) for record in records])
-        scope_spans = _field(b"\x12", self._scope + spans + self._scope_schema)
+        scope_spans = _field(b"\x12", self._scope + b"".join(spans) + self._scope_schema)
         return _field(b"\x0a", self._resource + scope_spans + self._resource_schema)
 
 
 @functools.cache
 def _exporter_class() -> type:
     """The SDK's OTLP/gRPC span exporter (its endpoint, TLS, headers, timeout, compression and
-    retries; the OTEL_EXPORTER_OTLP_* settings), taking span records: each batch's request is
+    retries; the OTEL_EXPORTER_OTLP_* settings), taking encoded spans: each batch's request is
     made by `Encoder` and sent as those bytes (no protobuf message is built to be serialised
     again). Imported when a telemetry section asks for it."""
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -658,10 +670,10 @@ def _exporter_class() -> type:
             self._encoder = encoder
             # The exporter makes its client from `_stub` (again when it reconnects).
             self._stub = RawStub
-            self._client = RawStub(self._channel)
+            self._client = RawStub(self._channel)  # type: ignore[assignment]
 
-        def _translate_data(self, data: Sequence[_Record]) -> Any:  # type: ignore[override]
-            request = self._encoder.encode(data)
+        def _translate_data(self, data: Sequence[bytes]) -> Any:  # type: ignore[override]
+            request = self._encoder.request(data)
             if isinstance(self._client, RawStub):
                 return request
             # A client of the exporter's own making takes a message.
@@ -700,7 +712,7 @@ class Tracing:
             # down delays a clean stop by at most about this much; its spans are dropped.
             timeout=_EXPORT_TIMEOUT_SECS,
         )
-        return cls(_Batches(exporter))
+        return cls(_Batches(exporter, encoder))
 
     @property
     def exporting(self) -> bool:
