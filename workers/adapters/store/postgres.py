@@ -340,15 +340,15 @@ WHERE s.id = ANY(ARRAY(SELECT id FROM held))
 # input and never changes after create (rewriting a large JSONB would copy it on every step).
 # ON CONFLICT DO NOTHING: log and event ids are derived from the saga id, so replaying a commit
 # whose outcome was lost with the connection writes nothing twice.
+# The batch arrives as three JSON documents (sagas, logs, events: one array of objects each,
+# encoded by `json` in one call) rather than one array parameter per column, which the driver
+# would encode element by element in Python.
 _COMMIT = f"""
 WITH v AS (
-    SELECT * FROM unnest(
-        %(ids)s::uuid[], %(tokens)s::bigint[], %(statuses)s::text[], %(steps)s::int[],
-        %(errors)s::text[], %(updated)s::timestamptz[], %(compensations)s::jsonb[],
-        %(terminal)s::boolean[], %(guards)s::boolean[], %(pause_guards)s::boolean[],
-        %(pauses)s::jsonb[], %(resumes)s::int[], %(in_doubts)s::boolean[]
-    ) AS v(id, token, status, current_step, error_message, updated_at, compensation, terminal,
-           guard, pause_guard, pause, resumes, in_doubt)
+    SELECT * FROM jsonb_to_recordset(%(sagas)s::jsonb) AS v(
+        id uuid, token bigint, status text, current_step int, error_message text,
+        updated_at timestamptz, compensation jsonb, terminal boolean, guard boolean,
+        pause_guard boolean, pause jsonb, resumes int, in_doubt boolean)
 ),
 {_HELD},
 written AS (
@@ -376,14 +376,10 @@ logs AS (
         response_payload, error_message, started_at, completed_at)
     SELECT l.id, l.saga_id, l.step_index, l.step_name, l.action, l.status, l.request_payload,
            l.response_payload, l.error_message, l.started_at, l.completed_at
-    FROM unnest(
-        %(log_ids)s::uuid[], %(log_saga_ids)s::uuid[], %(log_steps)s::int[],
-        %(log_names)s::text[], %(log_actions)s::text[], %(log_statuses)s::text[],
-        %(log_requests)s::jsonb[], %(log_responses)s::jsonb[], %(log_errors)s::text[],
-        %(log_started)s::timestamptz[], %(log_completed)s::timestamptz[]
-    ) WITH ORDINALITY AS l(id, saga_id, step_index, step_name, action, status,
-                           request_payload, response_payload, error_message, started_at,
-                           completed_at, ord)
+    FROM jsonb_to_recordset(%(logs)s::jsonb) AS l(
+        id uuid, saga_id uuid, step_index int, step_name text, action text, status text,
+        request_payload jsonb, response_payload jsonb, error_message text,
+        started_at timestamptz, completed_at timestamptz, ord int)
     WHERE l.saga_id IN (SELECT id FROM written)
     ORDER BY l.ord
     ON CONFLICT (id) DO NOTHING
@@ -391,10 +387,8 @@ logs AS (
 events AS (
     INSERT INTO {{schema}}.outbox (event_id, saga_id, event_type, body)
     SELECT e.event_id, e.saga_id, e.event_type, e.body
-    FROM unnest(
-        %(event_ids)s::uuid[], %(event_saga_ids)s::uuid[], %(event_types)s::text[],
-        %(event_bodies)s::jsonb[]
-    ) WITH ORDINALITY AS e(event_id, saga_id, event_type, body, ord)
+    FROM jsonb_to_recordset(%(events)s::jsonb) AS e(
+        event_id uuid, saga_id uuid, event_type text, body jsonb, ord int)
     WHERE e.saga_id IN (SELECT id FROM written)
     ORDER BY e.ord
     ON CONFLICT (event_id) DO NOTHING
@@ -568,6 +562,13 @@ def _json_default(value: object) -> object:
 
 def _dumps(value: object) -> str:
     return json.dumps(value, default=_json_default, separators=(",", ":"))
+
+
+def _iso(value: datetime | None) -> str | None:
+    """A timestamp for a JSON document PostgreSQL reads as timestamptz (naive means UTC)."""
+    if value is None:
+        return None
+    return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).isoformat()
 
 
 def _jsonb(value: object | None) -> Jsonb | None:
@@ -1251,38 +1252,9 @@ class PostgresStore(Store):
     def _commit_params(
         self, owner: str, requests: Sequence[CommitRequest], lease_secs: float
     ) -> dict[str, Any]:
-        p: dict[str, Any] = {
-            "owner": owner,
-            "lease_secs": float(lease_secs),
-            "ids": [],
-            "tokens": [],
-            "statuses": [],
-            "steps": [],
-            "errors": [],
-            "updated": [],
-            "compensations": [],
-            "terminal": [],
-            "guards": [],
-            "pause_guards": [],
-            "pauses": [],
-            "resumes": [],
-            "in_doubts": [],
-            "log_ids": [],
-            "log_saga_ids": [],
-            "log_steps": [],
-            "log_names": [],
-            "log_actions": [],
-            "log_statuses": [],
-            "log_requests": [],
-            "log_responses": [],
-            "log_errors": [],
-            "log_started": [],
-            "log_completed": [],
-            "event_ids": [],
-            "event_saga_ids": [],
-            "event_types": [],
-            "event_bodies": [],
-        }
+        sagas: list[dict[str, Any]] = []
+        logs: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
         for request in requests:
             state = request.commit.state
             sid = _uuid(state.saga_id)
@@ -1290,38 +1262,58 @@ class PostgresStore(Store):
                 # Names no stored saga: reported fenced, like any saga we do not hold.
                 continue
             status = SagaStatus(state.status)
-            p["ids"].append(sid)
-            p["tokens"].append(request.lease_token)
-            p["statuses"].append(status.value)
-            p["steps"].append(state.current_step)
-            p["errors"].append(state.error_message)
-            p["updated"].append(state.updated_at)
-            p["compensations"].append(_jsonb(compensation_to_dict(state.compensation)))
-            p["terminal"].append(status in UNLEASED_STATUSES)
-            p["guards"].append(request.commit.unless_cancel_requested)
-            p["pause_guards"].append(request.commit.unless_pause_requested)
-            p["pauses"].append(_jsonb(pause_to_dict(state.pause)))
-            p["resumes"].append(state.resumes)
-            p["in_doubts"].append(state.in_doubt)
+            sagas.append(
+                {
+                    "id": str(sid),
+                    "token": request.lease_token,
+                    "status": status.value,
+                    "current_step": state.current_step,
+                    "error_message": state.error_message,
+                    "updated_at": _iso(state.updated_at),
+                    "compensation": compensation_to_dict(state.compensation),
+                    "terminal": status in UNLEASED_STATUSES,
+                    "guard": request.commit.unless_cancel_requested,
+                    "pause_guard": request.commit.unless_pause_requested,
+                    "pause": pause_to_dict(state.pause),
+                    "resumes": state.resumes,
+                    "in_doubt": state.in_doubt,
+                }
+            )
             for step_log in request.commit.step_logs:
-                p["log_ids"].append(uuid.UUID(step_log.id))
-                p["log_saga_ids"].append(sid)
-                p["log_steps"].append(step_log.step_index)
-                p["log_names"].append(step_log.step_name)
-                p["log_actions"].append(Action(step_log.action).value)
-                p["log_statuses"].append(StepStatus(step_log.status).value)
-                p["log_requests"].append(_jsonb(step_log.request_payload))
-                p["log_responses"].append(_jsonb(step_log.response_payload))
-                p["log_errors"].append(step_log.error_message)
-                p["log_started"].append(step_log.started_at)
-                p["log_completed"].append(step_log.completed_at)
+                logs.append(
+                    {
+                        "id": str(uuid.UUID(step_log.id)),
+                        "saga_id": str(sid),
+                        "step_index": step_log.step_index,
+                        "step_name": step_log.step_name,
+                        "action": Action(step_log.action).value,
+                        "status": StepStatus(step_log.status).value,
+                        "request_payload": step_log.request_payload,
+                        "response_payload": step_log.response_payload,
+                        "error_message": step_log.error_message,
+                        "started_at": _iso(step_log.started_at),
+                        "completed_at": _iso(step_log.completed_at),
+                        "ord": len(logs),
+                    }
+                )
             if self._outbox:
                 for event in request.commit.events:
-                    p["event_ids"].append(uuid.UUID(event.event_id))
-                    p["event_saga_ids"].append(sid)
-                    p["event_types"].append(event.event_type.value)
-                    p["event_bodies"].append(_jsonb(event_body(event)))
-        return p
+                    events.append(
+                        {
+                            "event_id": str(uuid.UUID(event.event_id)),
+                            "saga_id": str(sid),
+                            "event_type": event.event_type.value,
+                            "body": event_body(event),
+                            "ord": len(events),
+                        }
+                    )
+        return {
+            "owner": owner,
+            "lease_secs": float(lease_secs),
+            "sagas": _jsonb(sagas),
+            "logs": _jsonb(logs),
+            "events": _jsonb(events),
+        }
 
     # ---------------------------------------------------------------- outbox
 
