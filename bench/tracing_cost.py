@@ -37,7 +37,7 @@ from typing import Any
 
 from bench import common as c
 from bench.__main__ import _services_env
-from bench.inputs import _CpuWindow, _frame_name, _py_spy, _Spy
+from bench.inputs import _cpu_secs, _CpuWindow, _frame_name, _py_spy, _Spy
 from bench.throughput import StoreTarget, _run_once
 
 WORKFLOW = "bench-3"
@@ -46,14 +46,13 @@ FLAG_LOSS = 0.10
 # Where a traced worker's Python time goes, by the frames on a sample's stack (py-spy's frames
 # read "function (path:line)", the path relative to its sys.path entry). The areas overlap.
 AREAS = {
-    "all tracing (the adapter and the export thread)": (
+    # (with the trace context every call carries, which costs the same untraced)
+    "all tracing (workers/adapters/tracing.py, the export thread)": (
         "workers/adapters/tracing.py",
-        "_Batches._run",
         "BatchProcessor.worker",
     ),
-    "the tracing adapter (workers/adapters/tracing.py)": ("workers/adapters/tracing.py",),
     "the export thread": ("_Batches._run", "BatchProcessor.worker"),
-    "OTLP encoding": ("Encoder.encode", "encode_spans"),
+    "OTLP encoding": ("Encoder.", "_span (workers/adapters/tracing.py", "encode_spans"),
     "SDK span objects": ("Tracer.start_span", "Span.end", "ReadableSpan.__init__"),
 }
 
@@ -167,6 +166,7 @@ def _one(
         else None
     )
     before = receiver.count()
+    receiver_cpu = _cpu_secs(receiver.proc.pid) or 0.0
     window = _CpuWindow(target, n)
 
     def hook(procs: list[Any], done: int) -> None:
@@ -193,6 +193,10 @@ def _one(
         time.sleep(0.1)
     time.sleep(0.2)
     r["spans_received"] = receiver.count() - before
+    # The receiver's CPU per step (decoding what it got): on the same 2 cores too.
+    steps = r.get("step_logs") or 0
+    spent = (_cpu_secs(receiver.proc.pid) or 0.0) - receiver_cpu
+    r["receiver_cpu_us_per_step"] = spent / steps * 1e6 if steps else None
     r["spans_ok"] = r["spans_received"] == want
     r["ok"] = r["completed"] == n and r["spans_ok"]
     return r
@@ -247,7 +251,8 @@ def measure(
             f"  {store:8s} pair {i + 1}: off {got[False]['steps_per_s']:.0f} steps/s, "
             f"on {got[True]['steps_per_s']:.0f} steps/s; CPU per step "
             f"{got[False]['worker_cpu_us_per_step'] or 0:.0f} / "
-            f"{got[True]['worker_cpu_us_per_step'] or 0:.0f} µs; spans {got[True]['spans_received']}"
+            f"{got[True]['worker_cpu_us_per_step'] or 0:.0f} µs (receiver "
+            f"{got[True]['receiver_cpu_us_per_step'] or 0:.0f}); spans {got[True]['spans_received']}"
         )
     entry: dict[str, Any] = {}
     for traced, rs in per.items():

@@ -441,16 +441,47 @@ def test_telemetry_may_come_from_the_environment(tmp_path: Path) -> None:
 class Records:
     """Stands for the export queue: keeps the span records a RunTrace hands it."""
 
-    def __init__(self) -> None:
+    def __init__(self, encoder: tracing.Encoder) -> None:
+        self.encoder = encoder
         self.records: list[Any] = []
 
     def add(self, record: Any) -> None:
         self.records.append(record)
 
 
-def sdk_encoding(records: list[Any], resource: Any) -> bytes:
-    """What the OpenTelemetry SDK sends for the same spans made as live SDK spans (a tracer,
-    the same ids, parents, attributes, status and times) and encoded by its own encoder."""
+def values(record: Any) -> tuple[Any, ...]:
+    """A span record with its encoded parts (trace id and tracestate, attributes) read back
+    with opentelemetry-proto: (name, trace id, span id, parent span id, parent is remote,
+    tracestate, kind, start, end, attributes, status code, description)."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    (
+        (trace_field, state_field),
+        span_id,
+        parent_id,
+        remote,
+        name,
+        kind,
+        start,
+        end,
+        entries,
+        code,
+        text,
+    ) = record
+    head = Span.FromString(trace_field + state_field)
+    attributes = {
+        kv.key: getattr(kv.value, str(kv.value.WhichOneof("value")))
+        for kv in Span.FromString(entries).attributes
+    }
+    trace_id = int.from_bytes(head.trace_id, "big")
+    return (name, trace_id, span_id, parent_id, remote, head.trace_state, kind, start, end,
+            attributes, code, text)  # fmt: skip
+
+
+def sdk_encoding(spans: list[tuple[Any, ...]], resource: Any) -> bytes:
+    """What the OpenTelemetry SDK sends for these spans (as `values` gives them) made as live
+    SDK spans (a tracer, the same ids, parents, attributes, status and times) and encoded by
+    its own encoder."""
     from opentelemetry import trace
     from opentelemetry.context import Context
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -475,10 +506,20 @@ def sdk_encoding(records: list[Any], resource: Any) -> bytes:
     provider.add_span_processor(SimpleSpanProcessor(kept))
     tracer = provider.get_tracer("saga-server")
     sampled = trace.TraceFlags(trace.TraceFlags.SAMPLED)
-    for record in records:
-        name, trace_id, span_id, parent_id, remote, state, kind, start, end, attrs, code, text = (
-            record
-        )
+    for (
+        name,
+        trace_id,
+        span_id,
+        parent_id,
+        remote,
+        state,
+        kind,
+        start,
+        end,
+        entries,
+        code,
+        text,
+    ) in spans:
         context = Context()
         if parent_id is not None:
             parent = trace.SpanContext(
@@ -491,7 +532,11 @@ def sdk_encoding(records: list[Any], resource: Any) -> bytes:
             context = trace.set_span_in_context(trace.NonRecordingSpan(parent))
         ids.next = (trace_id, span_id)
         span = tracer.start_span(
-            name, context=context, kind=trace.SpanKind(kind - 1), attributes=attrs, start_time=start
+            name,
+            context=context,
+            kind=trace.SpanKind(kind - 1),
+            attributes=entries,
+            start_time=start,
         )
         if code:
             span.set_status(trace.Status(trace.StatusCode(code), text))
@@ -511,7 +556,9 @@ def test_the_export_is_byte_for_byte_what_the_sdk_sends() -> None:
 
     steps = [step(f"s{i}", "svc", f"pkg.S{i}.M", f"pkg.S{i}.Undo") for i in range(3)]
     workflow = parse_workflow(yaml.safe_dump({"name": "traced", "steps": steps}))
-    records = Records()
+    resource = Resource.create({"service.name": "saga-under-test"})
+    encoder = tracing.Encoder(resource, InstrumentationScope("saga-server", ""))
+    records = Records(encoder)
     run_tracing = tracing.Tracing(records)  # type: ignore[arg-type]
     ok = CallResult(True, {}, None, "", 1.0)
 
@@ -557,29 +604,20 @@ def test_the_export_is_byte_for_byte_what_the_sdk_sends() -> None:
     run.abandon()  # the executor let it go before the step's log
     run.ended(attrs.evolve(state, status=SagaStatus.COMPLETED))
 
-    resource = Resource.create({"service.name": "saga-under-test"})
-    encoder = tracing.Encoder(resource, InstrumentationScope("saga-server", ""))
     got = records.records
     assert len(got) == 8 + 5  # attempts, steps and the saga of each
-    assert encoder.request([encoder.span(r) for r in got]) == sdk_encoding(got, resource)
+    spans = [values(r) for r in got]
+    first_attempt = spans[0][9]
+    assert first_attempt["saga.attempt"] == 1 and first_attempt["rpc.grpc.status_code"] == 0
+    assert encoder.request([encoder.span(r) for r in got]) == sdk_encoding(spans, resource)
     # Values of every kind an attribute may take, names longer than one length byte, a
-    # request of many spans; and the same batch again (recurring entries encoded once).
-    name, trace_id, span_id, parent_id, remote, state_text, kind, start, end, _, code, text = got[1]
-    edge = (
-        "ü" * 200,
-        trace_id,
-        span_id,
-        parent_id,
-        remote,
-        state_text,
-        kind,
-        start,
-        end,
-        {"e": "", "s": "ß", "f": False, "t": True, "0": 0, "-1": -1, "max": 2**63 - 1, "x": 1.5},
-        code,
-        text,
+    # request of many spans; and the same batch again (recurring entries remembered).
+    edge = {"e": "", "s": "ß", "f": False, "t": True, "0": 0, "-1": -1, "max": 2**63 - 1, "x": 1.5}
+    encoded = b"".join(encoder.attribute(key, value) for key, value in edge.items())
+    record = (got[1][0], *got[1][1:4], "ü" * 200, *got[1][5:8], encoded, *got[1][9:])
+    many = [*got, record] * 40
+    expected = sdk_encoding(
+        [*spans, ("ü" * 200, *spans[1][1:9], edge, *spans[1][10:])] * 40, resource
     )
-    many = [*got, edge] * 40
-    expected = sdk_encoding(many, resource)
     assert encoder.request([encoder.span(r) for r in many]) == expected
     assert encoder.request([encoder.span(r) for r in many]) == expected

@@ -191,12 +191,14 @@ def _ns(at: datetime) -> int:
     return int(at.timestamp() * 1_000_000_000)
 
 
-# A span record, as the exporter's thread takes it: what an SDK span would hold by the time it
-# ends, as plain values (one tuple: no object per span beyond it and its attributes).
-#   (name, trace id, span id, parent span id | None, parent is remote, tracestate text,
-#    kind (OTLP number), start ns, end ns, attributes, status code (OTLP number), description)
+# A span record, as `Encoder.span` takes it when the span ends: what an SDK span holds by then,
+# the parts every span of a trace or a step shares already encoded (no object per span beyond
+# it and its `_Open`):
+#   (the trace: `Encoder.trace`, span id, parent span id | None, parent is remote, name,
+#    kind (OTLP number), start ns, end ns, attributes: `Encoder.attribute`s in order,
+#    status code (OTLP number), description | None)
 _Record = tuple[
-    str, int, int, int | None, bool, str, int, int, int, dict[str, Any], int, str | None
+    tuple[bytes, bytes], int, int | None, bool, str, int, int, int, bytes, int, str | None
 ]
 _INTERNAL, _CLIENT = 1, 3  # OTLP Span.SpanKind
 _UNSET, _ERROR = 0, 2  # OTLP Status.StatusCode (the SDK's StatusCode values)
@@ -205,43 +207,66 @@ _UNSET, _ERROR = 0, 2  # OTLP Status.StatusCode (the SDK's StatusCode values)
 class _Open:
     """A span not ended yet: its ids, start time and attributes so far."""
 
-    __slots__ = ("out", "name", "span_id", "parent_id", "remote", "kind", "start", "attributes")
+    __slots__ = ("out", "span_id", "parent_id", "remote", "name", "kind", "start", "attributes")
 
     def __init__(
         self,
-        out: tuple[_Batches, int, str],
-        name: str,
+        out: _Out,
         parent_id: int,
         remote: bool,
+        name: str,
         kind: int,
-        attributes: dict[str, Any],
+        attributes: bytes,
     ) -> None:
-        self.out = out  # where it goes: (the batches, the trace id, the tracestate text)
-        self.name = name
+        self.out = out
         self.span_id = _random_id(64)
         self.parent_id = parent_id
         self.remote = remote
+        self.name = name
         self.kind = kind
         self.start = time.time_ns()
         self.attributes = attributes
 
-    def end(self, code: int = _UNSET, description: str | None = None) -> None:
-        batches, trace_id, trace_state = self.out
-        batches.add(
+    def end(self, more: bytes = b"", code: int = _UNSET, description: str | None = None) -> None:
+        """The span ends now, with the attributes `more` added."""
+        out = self.out
+        out.batches.add(
             (
-                self.name,
-                trace_id,
+                out.trace,
                 self.span_id,
                 self.parent_id,
                 self.remote,
-                trace_state,
+                self.name,
                 self.kind,
                 self.start,
                 time.time_ns(),
-                self.attributes,
+                self.attributes + more,
                 code,
                 description,
             )
+        )
+
+
+class _Out:
+    """Where the spans of one saga's trace go, and what they all share, encoded once."""
+
+    __slots__ = ("batches", "encoder", "trace", "saga")
+
+    trace: tuple[bytes, bytes]
+
+    def __init__(self, batches: _Batches, ctx: SagaTrace, state: SagaState) -> None:
+        self.batches = batches
+        self.encoder = encoder = batches.encoder
+        # Every span below the saga's inherits the tracestate, as the SDK's spans do: the
+        # stored header as the SDK parses it (invalid entries dropped) and writes it.
+        text = ""
+        if ctx.tracestate:
+            parsed = TraceState.from_header([ctx.tracestate])
+            text = ",".join(f"{key}={value}" for key, value in parsed.items())
+        self.trace = encoder.trace(ctx.trace_id, text)
+        attribute = encoder.attribute
+        self.saga = attribute("saga.id", state.saga_id) + attribute(
+            "saga.workflow", state.workflow_name
         )
 
 
@@ -260,17 +285,16 @@ class Attempt:
         span, self._span = self._span, None
         if span is None:
             return
-        attributes = span.attributes
+        attribute = span.out.encoder.attribute
         if result.ok:
-            attributes["rpc.grpc.status_code"] = 0
-            span.end()
+            span.end(attribute("rpc.grpc.status_code", 0))
             return
         code = result.code or "UNKNOWN"
         number = _GRPC_CODES.get(code)
+        more = attribute("error.type", code)
         if number is not None:
-            attributes["rpc.grpc.status_code"] = number
-        attributes["error.type"] = code
-        span.end(_ERROR, result.message[:_MAX_DESCRIPTION])
+            more = attribute("rpc.grpc.status_code", number) + more
+        span.end(more, _ERROR, result.message[:_MAX_DESCRIPTION])
 
 
 class RunTrace:
@@ -278,7 +302,7 @@ class RunTrace:
     step execution (or compensation) in progress. Used by one thread at a time, like the
     saga itself (an attempt's span may end on the thread its answer comes on)."""
 
-    __slots__ = ("context", "_out", "_extra", "_step", "_step_key", "_saga")
+    __slots__ = ("context", "_out", "_extra", "_step", "_step_key")
 
     def __init__(self, state: SagaState, batches: _Batches | None = None) -> None:
         self.context = ctx = trace_of(state)
@@ -287,16 +311,7 @@ class RunTrace:
         )
         self._step: _Open | None = None
         self._step_key: tuple[int, str] | None = None
-        self._saga = {"saga.id": state.saga_id, "saga.workflow": state.workflow_name}
-        self._out: tuple[_Batches, int, str] | None = None
-        if batches is not None and ctx.sampled:
-            # Every span below the saga's inherits the tracestate, as the SDK's spans do: the
-            # stored header as the SDK parses it (invalid entries dropped) and writes it.
-            text = ""
-            if ctx.tracestate:
-                parsed = TraceState.from_header([ctx.tracestate])
-                text = ",".join(f"{key}={value}" for key, value in parsed.items())
-            self._out = (batches, ctx.trace_id, text)
+        self._out = _Out(batches, ctx, state) if batches is not None and ctx.sampled else None
 
     def attempt(self, call: CallParticipant) -> Attempt:
         """Start one attempt of `call` (and, at its first attempt, the step's span): the
@@ -306,6 +321,7 @@ class RunTrace:
         if out is None:
             header = self.context.traceparent(_random_id(64))
             return Attempt(((TRACEPARENT, header), *self._extra))
+        attribute = out.encoder.attribute
         action = call.action.value
         key = (call.step_index, action)
         step = self._step
@@ -314,34 +330,28 @@ class RunTrace:
             # The step's span hangs from the saga's own span (whoever reports it): remote.
             step = self._step = _Open(
                 out,
-                f"{action.lower()} {call.step_name}",
                 self.context.span_id,
                 True,
+                f"{action.lower()} {call.step_name}",
                 _INTERNAL,
-                {
-                    **self._saga,
-                    "saga.step": call.step_name,
-                    "saga.step_index": call.step_index,
-                    "saga.action": action,
-                },
+                out.saga
+                + attribute("saga.step", call.step_name)
+                + attribute("saga.step_index", call.step_index)
+                + attribute("saga.action", action),
             )
             self._step_key = key
         service, method = _rpc_names(call.method)
         span = _Open(
             out,
-            f"{service}/{method}",
             step.span_id,
             False,
+            f"{service}/{method}",
             _CLIENT,
-            {
-                "rpc.system": "grpc",
-                "rpc.service": service,
-                "rpc.method": method,
-                **self._saga,
-                "saga.step": call.step_name,
-                "saga.action": action,
-                "saga.attempt": call.attempt,
-            },
+            out.encoder.rpc(service, method)
+            + out.saga
+            + attribute("saga.step", call.step_name)
+            + attribute("saga.action", action)
+            + attribute("saga.attempt", call.attempt),
         )
         header = self.context.traceparent(span.span_id)
         return Attempt(((TRACEPARENT, header), *self._extra), span)
@@ -354,11 +364,12 @@ class RunTrace:
             if (log.step_index, log.action.value) != self._step_key:
                 continue
             span, self._step, self._step_key = self._step, None, None
-            span.attributes["saga.step.status"] = log.status.value
+            more = span.out.encoder.attribute("saga.step.status", log.status.value)
             if log.status in (StepStatus.FAILED, StepStatus.TIMEOUT):
-                span.end(_ERROR, (log.error_message or log.status.value)[:_MAX_DESCRIPTION])
+                text = (log.error_message or log.status.value)[:_MAX_DESCRIPTION]
+                span.end(more, _ERROR, text)
             else:
-                span.end()
+                span.end(more)
             return
 
     def abandon(self) -> None:
@@ -366,8 +377,7 @@ class RunTrace:
         span ends unfinished."""
         if self._step is not None:
             span, self._step, self._step_key = self._step, None, None
-            span.attributes["saga.step.unfinished"] = True
-            span.end()
+            span.end(span.out.encoder.attribute("saga.step.unfinished", True))
 
     def ended(self, state: SagaState) -> None:
         """The saga reached its terminal status: report its own span, with the stored ids,
@@ -376,22 +386,22 @@ class RunTrace:
         out = self._out
         if out is None:
             return
-        batches, trace_id, trace_state = out
         ctx = self.context
         error = state.error_message
-        batches.add(
+        out.batches.add(
             (
-                f"saga {state.workflow_name}",
-                trace_id,
+                # A saga that started its trace has no parent to inherit a tracestate from.
+                out.trace
+                if ctx.parent_span_id is not None
+                else out.encoder.trace(ctx.trace_id, ""),
                 ctx.span_id,
                 ctx.parent_span_id,
                 True,
-                # A saga that started its trace has no parent to inherit a tracestate from.
-                trace_state if ctx.parent_span_id is not None else "",
+                f"saga {state.workflow_name}",
                 _INTERNAL,
                 _ns(state.created_at),
                 time.time_ns(),
-                {**self._saga, "saga.status": state.status.value},
+                out.saga + out.encoder.attribute("saga.status", state.status.value),
                 _ERROR if error else _UNSET,
                 error[:_MAX_DESCRIPTION] if error else None,
             )
@@ -431,7 +441,7 @@ class _Batches:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
         self._exporter = exporter
-        self._encoder = encoder
+        self.encoder = encoder
         self._success = SpanExportResult.SUCCESS
         self._delay = _env_int(OTEL_BSP_SCHEDULE_DELAY, 5000) / 1000
         self._max_queue = _env_int(OTEL_BSP_MAX_QUEUE_SIZE, 2048)
@@ -450,7 +460,7 @@ class _Batches:
             self._dropped += 1  # counted (and logged) on the export thread
             return
         try:
-            span = self._encoder.span(record)
+            span = self.encoder.span(record)
         except Exception:  # never the executor's problem: the span is lost, said so
             log.exception("span %r could not be encoded; dropped", record[0])
             return
@@ -501,10 +511,10 @@ class _Batches:
 
 # --------------------------------------------------------------------------- OTLP encoding
 # The OTLP protobuf wire format of `ExportTraceServiceRequest` (opentelemetry-proto), written
-# directly from span records: field tags as bytes, lengths as varints. It is the bytes the
-# SDK's own encoder (`encode_spans(...).SerializeToString()`) makes for the same spans as SDK
-# spans, which tests/integration/test_tracing.py checks; the resource and scope around them
-# are encoded by the SDK's encoder itself, once.
+# directly: field tags as bytes, lengths as varints. It is the bytes the SDK's own encoder
+# (`encode_spans(...).SerializeToString()`) makes for the same spans as SDK spans, which
+# tests/integration/test_tracing.py checks; the resource and scope around them are encoded by
+# the SDK's encoder itself, once.
 
 _FIXED64 = struct.Struct("<Q").pack
 _FIXED32 = struct.Struct("<I").pack
@@ -563,52 +573,13 @@ def _attribute(key: str, value: Any) -> bytes:
     return _field(b"\x4a", key_field + _field(b"\x12", any_value))
 
 
-def _span(record: _Record, memo: dict[tuple[str, Any], tuple[type, bytes]]) -> bytes:
-    """A `ScopeSpans.spans` entry (field 2): one Span."""
-    (
-        name,
-        trace_id,
-        span_id,
-        parent_id,
-        remote,
-        trace_state,
-        kind,
-        start,
-        end,
-        attributes,
-        code,
-        description,
-    ) = record
-    parts = [b"\x0a\x10", trace_id.to_bytes(16, "big"), b"\x12\x08", span_id.to_bytes(8, "big")]
-    if trace_state:
-        parts.append(_field(b"\x1a", _utf8(trace_state)))
-    if parent_id is not None:
-        parts += (b"\x22\x08", parent_id.to_bytes(8, "big"))
-    if name:
-        parts.append(_field(b"\x2a", _utf8(name)))
-    parts += (_KIND_FIELDS[kind], b"\x39", _FIXED64(start), b"\x41", _FIXED64(end))
-    for item in attributes.items():
-        # Recurring entries (saga.id on each of a saga's spans, rpc.system, ...) are encoded
-        # once; the type is checked as True == 1 in a dict key.
-        known = memo.get(item)
-        if known is None or known[0] is not type(item[1]):
-            if len(memo) >= _MEMO_LIMIT:
-                memo.clear()
-            known = memo[item] = (type(item[1]), _attribute(*item))
-        parts.append(known[1])
-    if code or description:  # Status {string message = 2; StatusCode code = 3}
-        message = _field(b"\x12", _utf8(description)) if description else b""
-        parts.append(_field(b"\x7a", message + (bytes((0x18, code)) if code else b"")))
-    else:
-        parts.append(_STATUS_UNSET)
-    parts.append(_FLAGS_REMOTE if parent_id is not None and remote else _FLAGS_LOCAL)
-    return _field(b"\x12", b"".join(parts))
-
-
 class Encoder:
-    """Span records of one resource and instrumentation scope to the bytes of an
+    """Spans of one resource and instrumentation scope to the bytes of an
     `ExportTraceServiceRequest`: each span as it ends (its data still in the CPU's caches:
-    encoded later, on the export thread, it cost twice as much), the request around a batch."""
+    encoded later, on the export thread, it cost twice as much), with the parts a trace or a
+    step shares encoded once and the attribute entries that recur (`rpc.system`, a step's
+    name, ...) remembered; the request around a batch of them. Any thread may use it (its
+    memos are only read, written and emptied whole)."""
 
     def __init__(self, resource: Resource, scope: InstrumentationScope) -> None:
         from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -628,11 +599,74 @@ class Encoder:
         self._scope_schema = (
             _field(b"\x1a", _utf8(scope_spans.schema_url)) if scope_spans.schema_url else b""
         )
-        self._memo: dict[tuple[str, Any], tuple[type, bytes]] = {}
+        self._attributes: dict[tuple[str, Any], tuple[type, bytes]] = {}
+        self._names: dict[str, bytes] = {}
+        self._rpcs: dict[tuple[str, str], bytes] = {}
+
+    def trace(self, trace_id: int, trace_state: str) -> tuple[bytes, bytes]:
+        """What each span of a trace starts with: its trace id field, and its tracestate
+        field (the SDK's text of it; b"" for none)."""
+        return (
+            b"\x0a\x10" + trace_id.to_bytes(16, "big"),
+            _field(b"\x1a", _utf8(trace_state)) if trace_state else b"",
+        )
+
+    def attribute(self, key: str, value: Any) -> bytes:
+        """One attribute entry of a span."""
+        memo = self._attributes
+        known = memo.get((key, value))
+        if known is None or known[0] is not type(value):  # True == 1 as a dict key
+            if len(memo) >= _MEMO_LIMIT:
+                memo.clear()
+            known = memo[(key, value)] = (type(value), _attribute(key, value))
+        return known[1]
+
+    def rpc(self, service: str, method: str) -> bytes:
+        """The entries of a gRPC client span: rpc.system, rpc.service, rpc.method."""
+        found = self._rpcs.get((service, method))
+        if found is None:
+            if len(self._rpcs) >= _MEMO_LIMIT:
+                self._rpcs.clear()
+            found = self._rpcs[(service, method)] = (
+                self.attribute("rpc.system", "grpc")
+                + self.attribute("rpc.service", service)
+                + self.attribute("rpc.method", method)
+            )
+        return found
 
     def span(self, record: _Record) -> bytes:
-        """One span, encoded (any thread: its memo is only read and written whole)."""
-        return _span(record, self._memo)
+        """A `ScopeSpans.spans` entry (field 2): one Span."""
+        (
+            (trace_id, trace_state),
+            span_id,
+            parent_id,
+            remote,
+            name,
+            kind,
+            start,
+            end,
+            attributes,
+            code,
+            description,
+        ) = record
+        parts = [trace_id, b"\x12\x08", span_id.to_bytes(8, "big"), trace_state]
+        if parent_id is not None:
+            parts += (b"\x22\x08", parent_id.to_bytes(8, "big"))
+        if name:
+            field = self._names.get(name)
+            if field is None:
+                if len(self._names) >= _MEMO_LIMIT:
+                    self._names.clear()
+                field = self._names[name] = _field(b"\x2a", _utf8(name))
+            parts.append(field)
+        parts += (_KIND_FIELDS[kind], b"\x39", _FIXED64(start), b"\x41", _FIXED64(end), attributes)
+        if code or description:  # Status {string message = 2; StatusCode code = 3}
+            message = _field(b"\x12", _utf8(description)) if description else b""
+            parts.append(_field(b"\x7a", message + (bytes((0x18, code)) if code else b"")))
+        else:
+            parts.append(_STATUS_UNSET)
+        parts.append(_FLAGS_REMOTE if parent_id is not None and remote else _FLAGS_LOCAL)
+        return _field(b"\x12", b"".join(parts))
 
     def request(self, spans: Sequence[bytes]) -> bytes:
         """The request exporting `spans` (each from `span`)."""
@@ -642,7 +676,6 @@ class Encoder:
         return _field(b"\x0a", self._resource + scope_spans + self._resource_schema)
 
 
-@functools.cache
 def _exporter_class() -> type:
     """The SDK's OTLP/gRPC span exporter (its endpoint, TLS, headers, timeout, compression and
     retries; the OTEL_EXPORTER_OTLP_* settings), taking encoded spans: each batch's request is
