@@ -62,11 +62,11 @@ AREAS = {
 
 def serve_receiver(port_file: Path) -> None:
     """An OTLP/gRPC trace receiver on 127.0.0.1 counting the spans it is sent; `Count` (raw
-    bytes, `/bench.Receiver/Count`) answers the total so far. Runs until killed."""
+    bytes, `/bench.Receiver/Count`) answers the spans and the requests so far. Runs until killed."""
     import grpc
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-    total = [0]
+    total = [0, 0]  # spans, requests
 
     class Service(trace_service_pb2_grpc.TraceServiceServicer):
         def Export(self, request: Any, context: Any) -> Any:
@@ -75,11 +75,14 @@ def serve_receiver(port_file: Path) -> None:
                 for scope_spans in resource_spans.scope_spans:
                     got += len(scope_spans.spans)
             total[0] += got
+            total[1] += 1
             return trace_service_pb2.ExportTraceServiceResponse()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), server)
-    count = grpc.unary_unary_rpc_method_handler(lambda _req, _ctx: str(total[0]).encode())
+    count = grpc.unary_unary_rpc_method_handler(
+        lambda _req, _ctx: f"{total[0]} {total[1]}".encode()
+    )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler("bench.Receiver", {"Count": count}),)
     )
@@ -113,7 +116,13 @@ class Receiver:
         self._count = self._channel.unary_unary("/bench.Receiver/Count")
 
     def count(self) -> int:
-        return int(self._count(b"", timeout=10))
+        """The spans received so far."""
+        return self.counts()[0]
+
+    def counts(self) -> tuple[int, int]:
+        """The spans and the requests received so far."""
+        spans, requests = self._count(b"", timeout=10).split()
+        return int(spans), int(requests)
 
     def close(self) -> None:
         self._channel.close()
@@ -165,7 +174,7 @@ def _one(
         if traced
         else None
     )
-    before = receiver.count()
+    before, requests_before = receiver.counts()
     receiver_cpu = _cpu_secs(receiver.proc.pid) or 0.0
     window = _CpuWindow(target, n)
 
@@ -192,7 +201,9 @@ def _one(
     while receiver.count() - before < want and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(0.2)
-    r["spans_received"] = receiver.count() - before
+    spans, requests = receiver.counts()
+    r["spans_received"] = spans - before
+    r["export_requests"] = requests - requests_before
     # The receiver's CPU per step (decoding what it got): on the same 2 cores too.
     steps = r.get("step_logs") or 0
     spent = (_cpu_secs(receiver.proc.pid) or 0.0) - receiver_cpu
@@ -252,7 +263,8 @@ def measure(
             f"on {got[True]['steps_per_s']:.0f} steps/s; CPU per step "
             f"{got[False]['worker_cpu_us_per_step'] or 0:.0f} / "
             f"{got[True]['worker_cpu_us_per_step'] or 0:.0f} µs (receiver "
-            f"{got[True]['receiver_cpu_us_per_step'] or 0:.0f}); spans {got[True]['spans_received']}"
+            f"{got[True]['receiver_cpu_us_per_step'] or 0:.0f}); spans {got[True]['spans_received']} in "
+            f"{got[True]['export_requests']} requests"
         )
     entry: dict[str, Any] = {}
     for traced, rs in per.items():

@@ -470,18 +470,24 @@ class _Batches:
 
     def _run(self) -> None:
         while not self._stopped:
-            self._wake.wait(self._delay)
+            # Woken by a full batch: full batches only (the spans still coming in fill the
+            # next one; sending what trickles in meanwhile made a request of a few spans each
+            # time, and a request has a cost of its own, here and at the collector). Else the
+            # delay is up: everything.
+            full = self._wake.wait(self._delay)
             self._wake.clear()
-            self._export()
+            self._export(full_batches=full)
         self._export()  # what is left
 
-    def _export(self) -> None:
-        """Export everything queued, in batches; once stopping, until an export fails (so a
-        collector that is down delays a clean stop by about one export's timeout)."""
+    def _export(self, full_batches: bool = False) -> None:
+        """Export what is queued (all of it, or its full batches), in batches; once stopping,
+        until an export fails (so a collector that is down delays a clean stop by about one
+        export's timeout)."""
         queue = self._queue
+        size = self._max_batch
         with self._exporting:
-            while queue:
-                batch = [queue.popleft() for _ in range(min(self._max_batch, len(queue)))]
+            while queue and (len(queue) >= size or not full_batches):
+                batch = [queue.popleft() for _ in range(min(size, len(queue)))]
                 try:
                     ok = self._exporter.export(batch) is self._success
                 except Exception:
