@@ -525,6 +525,8 @@ class _Batches:
 _FIXED64 = struct.Struct("<Q").pack
 _FIXED32 = struct.Struct("<I").pack
 _DOUBLE = struct.Struct("<d").pack
+_SPAN_ID = _PARENT = struct.Struct(">2sQ").pack  # Span.span_id = 2, parent_span_id = 4
+_TIMES = struct.Struct("<sQsQ").pack  # Span.start_time_unix_nano = 7, end = 8 (fixed64)
 _KIND_FIELDS = {kind: bytes((0x30, kind)) for kind in range(1, 6)}  # Span.kind = 6
 # Span.flags (fixed32, field 16): SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE, and IS_REMOTE when the
 # parent span is remote.
@@ -655,24 +657,40 @@ class Encoder:
             code,
             description,
         ) = record
-        parts = [trace_id, b"\x12\x08", span_id.to_bytes(8, "big"), trace_state]
-        if parent_id is not None:
-            parts += (b"\x22\x08", parent_id.to_bytes(8, "big"))
-        if name:
-            field = self._names.get(name)
-            if field is None:
-                if len(self._names) >= _MEMO_LIMIT:
-                    self._names.clear()
-                field = self._names[name] = _field(b"\x2a", _utf8(name))
-            parts.append(field)
-        parts += (_KIND_FIELDS[kind], b"\x39", _FIXED64(start), b"\x41", _FIXED64(end), attributes)
+        name_field = self._names.get(name)
+        if name_field is None:
+            if len(self._names) >= _MEMO_LIMIT:
+                self._names.clear()
+            name_field = self._names[name] = _field(b"\x2a", _utf8(name)) if name else b""
         if code or description:  # Status {string message = 2; StatusCode code = 3}
             message = _field(b"\x12", _utf8(description)) if description else b""
-            parts.append(_field(b"\x7a", message + (bytes((0x18, code)) if code else b"")))
+            status = _field(b"\x7a", message + (bytes((0x18, code)) if code else b""))
         else:
-            parts.append(_STATUS_UNSET)
-        parts.append(_FLAGS_REMOTE if parent_id is not None and remote else _FLAGS_LOCAL)
-        return _field(b"\x12", b"".join(parts))
+            status = _STATUS_UNSET
+        if parent_id is None:
+            parent, flags = b"", _FLAGS_LOCAL
+        else:
+            parent, flags = (
+                _PARENT(b"\x22\x08", parent_id),
+                _FLAGS_REMOTE if remote else _FLAGS_LOCAL,
+            )
+        return _field(
+            b"\x12",
+            b"".join(
+                (
+                    trace_id,
+                    _SPAN_ID(b"\x12\x08", span_id),
+                    trace_state,
+                    parent,
+                    name_field,
+                    _KIND_FIELDS[kind],
+                    _TIMES(b"\x39", start, b"\x41", end),
+                    attributes,
+                    status,
+                    flags,
+                )
+            ),
+        )
 
     def request(self, spans: Sequence[bytes]) -> bytes:
         """The request exporting `spans` (each from `span`)."""
