@@ -27,8 +27,10 @@ import argparse
 import atexit
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from concurrent import futures
@@ -91,7 +93,11 @@ def serve_receiver(port_file: Path) -> None:
     tmp = port_file.with_suffix(".tmp")
     tmp.write_text(str(port))
     tmp.rename(port_file)
-    server.wait_for_termination()
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    while not stopping.wait(0.2):
+        pass
+    server.stop(None)
 
 
 class Receiver:
