@@ -549,19 +549,10 @@ def _saturation(entries: list[dict[str, Any]], store: str) -> float | None:
     return None
 
 
-def _strip(value: Any) -> Any:
-    """Drop raw sample lists (keys starting with '_') from what is written."""
-    if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if not str(k).startswith("_")}
-    if isinstance(value, list):
-        return [_strip(v) for v in value]
-    return value
-
-
 def _write(out_dir: Path, stamp: str, results: dict[str, Any]) -> Path:
     path = out_dir / f"{stamp}.json"
     tmp = path.with_suffix(".partial")
-    tmp.write_text(json.dumps(_strip(results), indent=2, default=str))
+    tmp.write_text(json.dumps(c.strip_samples(results), indent=2, default=str))
     os.replace(tmp, path)
     # Samples for the latency plots, next to the figures.
     samples: dict[str, Any] = {}

@@ -619,3 +619,12 @@ def kafka_version() -> str | None:
             if "-" in name and not any(x in name for x in ("test", "sources", "javadoc")):
                 return name.split("-", 1)[1].removesuffix(".jar")
     return None
+
+
+def strip_samples(value: Any) -> Any:
+    """`value` without its raw sample lists (keys starting with '_'), as results are written."""
+    if isinstance(value, dict):
+        return {k: strip_samples(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, list):
+        return [strip_samples(v) for v in value]
+    return value

@@ -1369,14 +1369,6 @@ def feature_cost(
 # --------------------------------------------------------------------------- by hand
 
 
-def _strip(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if not str(k).startswith("_")}
-    if isinstance(value, list):
-        return [_strip(v) for v in value]
-    return value
-
-
 def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -1421,7 +1413,7 @@ def _main(argv: list[str] | None = None) -> int:
         c.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
     results["total_s"] = round(time.monotonic() - t0, 1)
-    print(json.dumps(_strip(results), indent=2, default=str))
+    print(json.dumps(c.strip_samples(results), indent=2, default=str))
     if args.markdown:
         from bench import report_e2e
 

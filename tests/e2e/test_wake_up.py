@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from saga.model import SagaStatus
+from saga.model import SagaState, SagaStatus
 from tests.harness import ParticipantProcess, WorkerProcess, step, wait_until, workflow_file
 from tests.harness import write_config as harness_config
 from workers.config import load_config
@@ -77,6 +77,17 @@ def _status(api: Engine, saga_id: str) -> SagaStatus:
     return api.get_saga(saga_id)[0].status
 
 
+def _paused_saga(api: Engine) -> SagaState:
+    """A saga whose first step failed and paused it (`on_failure: pause`)."""
+    saga, _ = api.start_saga("two", {"stuck": True})
+    wait_until(
+        lambda: _status(api, saga.saga_id) is SagaStatus.PAUSED,
+        5,
+        what="the failed step to pause the saga",
+    )
+    return saga
+
+
 def test_a_saga_started_by_another_process_runs_at_once(
     world: tuple[Engine, WorkerProcess],
 ) -> None:
@@ -98,12 +109,7 @@ def test_a_saga_started_by_another_process_runs_at_once(
 
 def test_a_resumed_saga_runs_at_once(world: tuple[Engine, WorkerProcess]) -> None:
     api, _ = world
-    saga, _ = api.start_saga("two", {"stuck": True})
-    wait_until(
-        lambda: _status(api, saga.saga_id) is SagaStatus.PAUSED,
-        5,
-        what="the failed step to pause the saga",
-    )
+    saga = _paused_saga(api)
     api.resume_saga(saga.saga_id, "retry", {"stuck": False})
     wait_until(
         lambda: _status(api, saga.saga_id) is SagaStatus.COMPLETED,
@@ -114,12 +120,7 @@ def test_a_resumed_saga_runs_at_once(world: tuple[Engine, WorkerProcess]) -> Non
 
 def test_a_paused_saga_cancelled_compensates_at_once(world: tuple[Engine, WorkerProcess]) -> None:
     api, _ = world
-    saga, _ = api.start_saga("two", {"stuck": True})
-    wait_until(
-        lambda: _status(api, saga.saga_id) is SagaStatus.PAUSED,
-        5,
-        what="the failed step to pause the saga",
-    )
+    saga = _paused_saga(api)
     api.cancel_saga(saga.saga_id)
     wait_until(
         lambda: api.get_saga(saga.saga_id)[0].terminal,
