@@ -177,3 +177,104 @@ def test_sqlite_lease_is_timed_from_when_the_write_lock_was_held(tmp_path: Path)
     expires = blocker.execute("SELECT lease_expires_at FROM saga_states").fetchone()[0]
     assert expires == 1_025.0 + 30
     store.close()
+
+
+class CountingClaims(MemoryStore):
+    """Records when each claim began and how many sagas it returned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims: list[tuple[float, int]] = []
+
+    def claim(self, owner: str, limit: int, lease_secs: float) -> Any:
+        began = time.monotonic()
+        got = super().claim(owner, limit, lease_secs)
+        self.claims.append((began, len(got)))
+        return got
+
+
+def test_an_idle_executor_claims_a_started_saga_at_once_and_only_then(monkeypatch: Any) -> None:
+    """On an executor polling once a minute, a saga started right after a claim that found
+    nothing is claimed as soon as the executor is woken (the gap between claims is for load),
+    and a saga that ends on an executor with room left sets off no claim of its own (each
+    would be a write transaction finding nothing)."""
+    monkeypatch.setattr("workers.interpreter.executor._CLAIM_GAP_SECS", 0.5)
+    store = CountingClaims()
+    wf = store.register_workflow(WF)
+    ex = Executor(
+        store, WorkflowCatalog(store), AnsweringCaller(),  # type: ignore[arg-type]
+        claim_interval_secs=60, lease_secs=30,
+    )  # fmt: skip
+    ex.start()
+    try:
+        wait_until(lambda: len(store.claims) == 1, timeout=5, what="the first claim")
+        for round_ in range(3):
+            if round_:
+                time.sleep(0.6)  # the gap after the last claim that found a saga is over
+                assert len(store.claims) == 2 * round_, "a saga's end set off a claim"
+                ex.wake()  # a claim that finds nothing (a wake-up for a saga another took)
+                wait_until(lambda: len(store.claims) == 2 * round_ + 1, timeout=5,  # noqa: B023
+                           what="the empty claim")  # fmt: skip
+            saga = _saga(store, wf)
+            woken = time.monotonic()
+            ex.wake()
+            wait_until(lambda: _ended(store, saga), timeout=5, what="the saga to end")  # noqa: B023
+            assert time.monotonic() - woken < 0.25, "the claim waited for the gap"
+        time.sleep(0.1)
+        assert [n for _, n in store.claims] == [0, 1, 0, 1, 0, 1]
+    finally:
+        ex.stop(1)
+
+
+def test_a_claim_that_found_sagas_makes_the_next_one_wait_for_the_gap(monkeypatch: Any) -> None:
+    """Under load (the last claim found sagas) the claimer waits out the gap before the next
+    claim, so the sagas started meanwhile are claimed together."""
+    monkeypatch.setattr("workers.interpreter.executor._CLAIM_GAP_SECS", 0.4)
+    store = CountingClaims()
+    wf = store.register_workflow(WF)
+    ex = Executor(
+        store, WorkflowCatalog(store), AnsweringCaller(),  # type: ignore[arg-type]
+        claim_interval_secs=60, lease_secs=30,
+    )  # fmt: skip
+    ex.start()
+    try:
+        wait_until(lambda: len(store.claims) == 1, timeout=5, what="the first claim")
+        first = _saga(store, wf)
+        ex.wake()
+        wait_until(lambda: _ended(store, first), timeout=5, what="the first saga to end")
+        later = [_saga(store, wf) for _ in range(3)]
+        for _ in later:
+            ex.wake()
+        wait_until(lambda: all(_ended(store, s) for s in later), timeout=5, what="the rest")
+        (t1, n1), (t2, n2) = store.claims[1:3]
+        assert (n1, n2) == (1, 3)
+        assert t2 - t1 >= 0.35
+    finally:
+        ex.stop(1)
+
+
+def test_a_full_executor_claims_the_next_saga_as_soon_as_one_ends() -> None:
+    """With `max_concurrent` 1 and a claim poll of a minute, sagas left in the store for lack
+    of room are claimed as each saga before them ends."""
+
+    class SlowCaller:
+        """Answers each call 50 ms later, from a thread of its own."""
+
+        def call_async(self, service: str, method: str, payload: bytes, timeout_s: float,
+                       metadata: Any, done: Any) -> None:  # fmt: skip
+            answer = CallResult(True, {"ok": True}, None, "", 50.0, 11)
+            threading.Timer(0.05, done, (answer,)).start()
+
+    store = CountingClaims()
+    wf = store.register_workflow(WF)
+    ex = Executor(
+        store, WorkflowCatalog(store), SlowCaller(),  # type: ignore[arg-type]
+        claim_interval_secs=60, lease_secs=30, max_concurrent=1,
+    )  # fmt: skip
+    sagas = [_saga(store, wf) for _ in range(4)]
+    ex.start()
+    try:
+        wait_until(lambda: all(_ended(store, s) for s in sagas), timeout=5, what="all four")
+        assert [n for _, n in store.claims][:4] == [1, 1, 1, 1]
+    finally:
+        ex.stop(1)

@@ -621,6 +621,9 @@ class Executor:
     def _forget(self, run: _Run, *, release: bool) -> None:
         saga_id = run.state.saga_id
         with self._runs_lock:
+            # Room only matters to the claimer when the last claim may have left sagas
+            # waiting in the store for lack of it (the executor was full).
+            was_full = len(self._runs) >= self._max
             if self._runs.get(saga_id) is run:
                 del self._runs[saga_id]
             metrics.IN_FLIGHT.set(len(self._runs))
@@ -634,7 +637,7 @@ class Executor:
                     saga_id,
                     extra=_about(run.state, run.workflow),
                 )
-        if not self._draining:
+        if (was_full or release) and not self._draining:
             self._wake.set()
 
     def _adopt(self, claimed: Sequence[Claimed]) -> None:
@@ -724,13 +727,14 @@ class Executor:
     def _claim_loop(self) -> None:
         backoff = 0.1
         last = -_CLAIM_GAP_SECS
+        claimed = 0
         while not self._stopping.is_set():
             self._beat("claimer")
-            # Woken by every start, claims would come one saga at a time under load: one
-            # claim per gap at most gathers the sagas started meanwhile into one statement
-            # (one write transaction), while a saga started on an idle executor is claimed
-            # at once.
-            gap = last + _CLAIM_GAP_SECS - self._monotonic()
+            # Woken by every start, claims would come one saga at a time under load: after a
+            # claim that found sagas, the next waits out the gap, so the sagas started
+            # meanwhile are gathered into one statement (one write transaction). After one
+            # that found none the executor is idle: a saga started now is claimed at once.
+            gap = last + _CLAIM_GAP_SECS - self._monotonic() if claimed else 0.0
             if gap > 0 and self._stopping.wait(gap):
                 return
             last = self._monotonic()
@@ -738,6 +742,7 @@ class Executor:
                 claimed, wanted = self.claim_once()
                 backoff = 0.1
             except Exception as exc:
+                claimed = 0
                 log.warning("claim failed (%s); retrying in %.1fs", type(exc).__name__, backoff)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
