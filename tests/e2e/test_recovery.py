@@ -4,8 +4,10 @@ de-duplicating participant must apply each step's effect once."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -13,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from saga.model import SagaStatus
 from tests.harness import (
+    PYTHON,
+    ROOT,
     ParticipantProcess,
     WorkerProcess,
+    free_port,
     step,
     wait_until,
     workflow_file,
@@ -142,6 +148,64 @@ def test_kill_9_in_the_middle_of_a_step(world_factory: Any) -> None:
     wait_until(
         lambda: recovered_in_log(second) == 20, 10, what="recovery log lines adding up to 20"
     )
+
+
+def test_kill_9_of_saga_serve_while_the_sagas_it_accepted_run(world_factory: Any) -> None:
+    """`saga serve` runs the sagas started through its REST API itself (on PostgreSQL in the
+    REST worker that accepted each, leased from the insert); kill -9 of all its processes
+    while 20 wait on step 2; a worker started afterwards finishes all: COMPLETED, logs once,
+    effects once."""
+    rest, grpc_port = free_port(), free_port()
+    world = world_factory(
+        {"Payment.Charge": {"sleep_ms": 1500}},
+        extra={
+            "server": {"host": "127.0.0.1", "port": rest, "workers": 2, "threads": 4},
+            "grpc": {"host": "127.0.0.1", "port": grpc_port},
+        },
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAGA_SAGA")}
+    with open(world.tmp / "serve.log", "wb") as log:
+        serve = subprocess.Popen(
+            [PYTHON, "-m", "saga_cli", "serve", "--config", str(world.config_path)],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{rest}"
+    try:
+
+        def ready() -> bool:
+            assert serve.poll() is None, (world.tmp / "serve.log").read_text()[-2000:]
+            try:
+                return requests.get(f"{url}/readyz", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(ready, 60, interval=0.2, what="saga serve to be ready")
+        ids = []
+        for i in range(20):
+            answer = requests.post(
+                f"{url}/api/v1/sagas", json={"workflow_name": "three", "payload": {"n": i}}
+            )
+            assert answer.status_code == 201, answer.text
+            ids.append(answer.json()["saga_id"])
+        wait_until(
+            lambda: sum(c["path"] == "/Payment/Charge" for c in world.participant.calls()) >= 20,
+            30,
+            what="20 charges in flight",
+        )
+    finally:
+        os.killpg(serve.pid, signal.SIGKILL)
+        serve.wait(10)
+    world.worker()
+    results = world.all_ended(ids, 60)
+    assert all(state.status is SagaStatus.COMPLETED for state, _ in results)
+    assert_logs_exactly(results, COMPLETED_TRAIL)
+    assert_applied_once(world)
+    charges = Counter(
+        c["metadata"]["idempotency-key"]
+        for c in world.participant.calls()
+        if c["path"] == "/Payment/Charge"
+    )
+    assert set(charges.values()) == {2}, "each charge was re-sent once after the crash, same key"
 
 
 def test_kill_9_in_the_middle_of_compensation(world_factory: Any) -> None:

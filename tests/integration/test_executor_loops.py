@@ -278,3 +278,92 @@ def test_a_full_executor_claims_the_next_saga_as_soon_as_one_ends() -> None:
         assert [n for _, n in store.claims][:4] == [1, 1, 1, 1]
     finally:
         ex.stop(1)
+
+
+def _new_state(wf: Workflow) -> Any:
+    return new_saga(
+        saga_id=str(uuid.uuid4()),
+        workflow=wf,
+        payload={},
+        correlation_id=None,
+        initiated_by=None,
+        at=datetime.now(UTC),
+    )
+
+
+def test_a_saga_started_with_the_executors_lease_runs_with_no_claim() -> None:
+    """Accept and run: a start written with `start_lease()` and handed to `take` runs to its
+    end in this executor, and no claim statement is made for it."""
+    store = CountingClaims()
+    wf = store.register_workflow(WF)
+    ex = Executor(
+        store, WorkflowCatalog(store), AnsweringCaller(),  # type: ignore[arg-type]
+        claim_interval_secs=60, lease_secs=30,
+    )  # fmt: skip
+    ex.start()
+    try:
+        wait_until(lambda: len(store.claims) == 1, timeout=5, what="the first claim")
+        for _ in range(3):
+            lease = ex.start_lease()
+            assert lease is not None and lease.owner == ex.owner
+            state, _, created = store.create_saga(_new_state(wf), lease=lease)
+            assert created
+            ex.take(state)
+            wait_until(lambda: _ended(store, state.saga_id), timeout=5, what="the saga to end")  # noqa: B023
+        time.sleep(0.1)
+        assert [n for _, n in store.claims] == [0]
+    finally:
+        ex.stop(1)
+
+
+def test_start_leases_keep_room_within_max_concurrent() -> None:
+    """`start_lease` keeps a place among `max_concurrent` until `take` or `unreserve`: never
+    more sagas held (or about to be) than the bound, and claims leave room for them."""
+    store = CountingClaims()
+    wf = store.register_workflow(WF)
+
+    class SilentCaller:
+        def call_async(self, *args: Any) -> None:  # never answers: the saga stays held
+            pass
+
+    ex = Executor(
+        store, WorkflowCatalog(store), SilentCaller(),  # type: ignore[arg-type]
+        claim_interval_secs=60, lease_secs=30, max_concurrent=2,
+    )  # fmt: skip
+    ex.start()
+    try:
+        wait_until(lambda: len(store.claims) == 1, timeout=5, what="the first claim")
+        first, second = ex.start_lease(), ex.start_lease()
+        assert first is not None and second is not None
+        assert ex.start_lease() is None, "a third start leased past max_concurrent 2"
+        _saga(store, wf)  # started by another process
+        assert ex.claim_once() == (0, 0), "a claim took the room kept for the starts"
+        ex.unreserve()
+        state, _, _ = store.create_saga(_new_state(wf), lease=first)
+        ex.take(state)
+        assert ex.held() == 1
+        assert ex.claim_once() == (1, 1)
+        assert ex.held() == 2  # the started saga and the one claimed
+        assert ex.start_lease() is None
+    finally:
+        ex.stop(0.1)
+
+
+def test_a_start_leased_while_the_executor_stops_is_given_back() -> None:
+    """An executor that begins to stop between the insert and `take` gives the lease back at
+    once: another executor claims the saga without waiting for the lease to expire."""
+    store = MemoryStore()
+    wf = store.register_workflow(WF)
+    ex = Executor(
+        store, WorkflowCatalog(store), AnsweringCaller(),  # type: ignore[arg-type]
+        claim_interval_secs=60, lease_secs=30,
+    )  # fmt: skip
+    ex.start()
+    lease = ex.start_lease()
+    assert lease is not None
+    state, _, _ = store.create_saga(_new_state(wf), lease=lease)
+    ex.stop(0.5)
+    assert ex.start_lease() is None
+    ex.take(state)
+    [claimed] = store.claim("another", 10, 30)
+    assert claimed.state.saga_id == state.saga_id and not claimed.lease_expired

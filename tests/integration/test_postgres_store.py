@@ -36,7 +36,7 @@ from saga.model import (
     step_log_id,
 )
 from tests.services import in_ci, pg_cluster, require_postgres
-from workers.adapters.store.base import CommitRequest, SagaFilter, UnknownWorkflow
+from workers.adapters.store.base import CommitRequest, SagaFilter, StartLease, UnknownWorkflow
 from workers.adapters.store.migrate import load_migrations, migrate_postgres
 from workers.adapters.store.postgres import PostgresStore, list_statements
 
@@ -570,6 +570,8 @@ def test_an_executor_listening_is_told_of_a_start_and_a_resume(
         with pytest.raises(UnknownWorkflow):
             api.create_saga(evolve(make_state(1), workflow_name="nope"), latest_version=True)
         assert not heard.wait(0.5), "a start that wrote nothing woke the executor"
+        api.create_saga(make_state(3), latest_version=True, lease=StartLease("api-1", LONG))
+        assert not heard.wait(0.5), "a start leased to its accepting process woke the executor"
     finally:
         stop()
     api.create_saga(make_state(2), latest_version=True)

@@ -16,7 +16,7 @@ import pytest
 from attrs import evolve
 
 from saga.model import SagaState, Step, Workflow, new_saga
-from workers.adapters.store.base import SagaFilter, UnknownWorkflow
+from workers.adapters.store.base import SagaFilter, StartLease, UnknownWorkflow
 from workers.adapters.store.sqlite import SqliteStore
 
 WORKFLOW = Workflow("w", (Step("s", "svc", "Svc.Do"),))
@@ -109,6 +109,9 @@ def test_a_listener_of_another_store_on_the_file_hears_each_start(tmp_path: Path
     try:
         api.create_saga(_state(), latest_version=True)
         assert heard.wait(5)
+        heard.clear()
+        api.create_saga(_state(), latest_version=True, lease=StartLease("api-1", 30.0))
+        assert not heard.wait(0.3), "a start leased to its accepting process woke the executor"
     finally:
         stop()
     heard.clear()

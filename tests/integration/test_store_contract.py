@@ -38,11 +38,13 @@ from saga.model import (
 )
 from tests.services import require_postgres
 from workers.adapters.store.base import (
+    START_LEASE_TOKEN,
     Claimed,
     CommitRequest,
     CommitResult,
     SagaFilter,
     SagaPage,
+    StartLease,
     Store,
 )
 
@@ -1328,6 +1330,58 @@ def test_claim_says_whether_the_last_lease_was_given_back(
     time.sleep(PAST_SHORT)
     own = claim_one(store, "ex-3", fresh.saga_id, LONG)
     assert (own.lease_expired, own.taken_over) == (True, False)
+
+
+def _leased_start(store: Store, wf: Workflow, clock: Clock, owner: str, secs: float) -> SagaState:
+    state = new_saga(
+        saga_id=str(uuid.uuid4()),
+        workflow=wf,
+        payload={"order_id": "o-1"},
+        correlation_id=None,
+        initiated_by=None,
+        at=clock(),
+    )
+    saved, _hash, created = store.create_saga(state, lease=StartLease(owner, secs))
+    assert created and saved == state
+    return state
+
+
+def test_a_saga_started_with_a_lease_is_held_by_its_owner_from_the_insert(
+    store: Store, wf: Workflow, clock: Clock
+) -> None:
+    """`create_saga(..., lease=...)`: nobody else claims the saga while the lease runs; its
+    owner drives it with token START_LEASE_TOKEN (renew and commits are not fenced) to its end."""
+    saga = _leased_start(store, wf, clock, "ex-1", LONG)
+    unleased = make_saga(store, wf, clock())
+    assert claimed_ids(store, "ex-2") == [unleased.saga_id]
+    assert store.renew("ex-1", {saga.saga_id: START_LEASE_TOKEN}, LONG) == {saga.saga_id}
+    run = Run(store, "ex-1", wf, clock, saga, START_LEASE_TOKEN)
+    run.resume()
+    while not run.state.status.terminal:
+        run.succeed()
+        run.resume()
+    stored = store.get_saga(saga.saga_id)
+    assert stored is not None and stored.status is SagaStatus.COMPLETED
+    assert claimed_ids(store, "ex-2") == []
+
+
+def test_a_leased_start_whose_owner_died_is_taken_over_when_the_lease_expires(
+    store: Store, wf: Workflow, clock: Clock
+) -> None:
+    """The accepting process died before running the saga: after the lease, another executor
+    claims it, as a take-over of a lease never given back, still STARTED; the dead owner's
+    token is fenced from then on."""
+    saga = _leased_start(store, wf, clock, "ex-1", SHORT)
+    assert claimed_ids(store, "ex-2") == []
+    time.sleep(PAST_SHORT)
+    taken = claim_one(store, "ex-2", saga.saga_id)
+    assert (taken.taken_over, taken.lease_expired) == (True, True)
+    assert taken.state.status is SagaStatus.STARTED
+    assert taken.lease_token != START_LEASE_TOKEN
+    decision = decide(saga, wf, Resume(clock(), False))
+    commit = next(e for e in decision.effects if isinstance(e, Commit))
+    [result] = store.commit("ex-1", [CommitRequest(commit, START_LEASE_TOKEN)], LONG)
+    assert result.fenced
 
 
 def test_a_replayed_commit_writes_nothing_twice(outbox_store: Store, clock: Clock) -> None:

@@ -51,9 +51,11 @@ from saga.model import SagaState, SagaStatus, StepStatus, Workflow
 from workers.adapters import metrics
 from workers.adapters.participant import CallResult, ParticipantCaller
 from workers.adapters.store.base import (
+    START_LEASE_TOKEN,
     Claimed,
     CommitRequest,
     CommitResult,
+    StartLease,
     Store,
     StoreRefused,
     refusal_reason,
@@ -182,6 +184,7 @@ class Executor:
         self._tracing = tracing or Tracing()
 
         self._runs: dict[str, _Run] = {}
+        self._reserved = 0  # room kept for sagas being started here (`start_lease`)
         self._runs_lock = threading.Lock()
         self._claim_lock = threading.Lock()
         self._commits: deque[_Pending] = deque()
@@ -218,6 +221,43 @@ class Executor:
             )
             thread.start()
             self._threads.append(thread)
+
+    def start_lease(self) -> StartLease | None:
+        """A lease for a saga this process is about to start, when this executor has room to run
+        it at once: the store writes the saga already leased to it (no claim, no wake-up of
+        other executors) and `take` runs it. The room is kept until `take` or `unreserve`.
+        None when the executor is full, not running, or stopping."""
+        if self._draining or self._stopping.is_set() or not self._threads:
+            return None
+        with self._runs_lock:
+            if len(self._runs) + self._reserved >= self._max:
+                return None
+            self._reserved += 1
+        return StartLease(self.owner, self._lease)
+
+    def unreserve(self) -> None:
+        """The start a `start_lease` was for wrote no saga leased to this executor."""
+        with self._runs_lock:
+            self._reserved -= 1
+
+    def take(self, state: SagaState) -> None:
+        """Run the saga just created with this executor's `start_lease` (token
+        `START_LEASE_TOKEN`). If the executor began to stop meanwhile, the lease is given back
+        so another executor claims the saga."""
+        item = Claimed(state, START_LEASE_TOKEN, cancel_requested=False, taken_over=False)
+        with self._claim_lock:  # `stop` counts the leases held only after this
+            with self._runs_lock:
+                self._reserved -= 1
+            if not self._draining and self._begin(item):
+                return
+        try:
+            self._store.release(self.owner, {state.saga_id: START_LEASE_TOKEN})
+        except Exception:
+            log.warning(
+                "saga %s: could not give back its lease; it expires by itself",
+                state.saga_id,
+                extra=_about(state),
+            )
 
     def wake(self) -> None:
         """Claim now rather than at the next poll (a saga was just started, resumed or
@@ -286,7 +326,7 @@ class Executor:
         with self._claim_lock:
             if self._draining:
                 return 0, 0
-            want = min(self._max - len(self._runs), 256)
+            want = min(self._max - len(self._runs) - self._reserved, 256)
             if want <= 0:
                 return 0, 0
             claimed = self._store.claim(self.owner, want, self._lease)
@@ -623,7 +663,7 @@ class Executor:
         with self._runs_lock:
             # Room only matters to the claimer when the last claim may have left sagas
             # waiting in the store for lack of it (the executor was full).
-            was_full = len(self._runs) >= self._max
+            was_full = len(self._runs) + self._reserved >= self._max
             if self._runs.get(saga_id) is run:
                 del self._runs[saga_id]
             metrics.IN_FLIGHT.set(len(self._runs))
@@ -658,47 +698,49 @@ class Executor:
             log.info(
                 "recovered %d sagas (%d taken over from expired leases)", len(recovered), takeovers
             )
-        unadopted: dict[str, int] = {}
-        for item in claimed:
-            saga_id = item.state.saga_id
-            try:
-                workflow = self._catalog.get(item.state.workflow_name, item.state.workflow_version)
-            except Exception as exc:
-                log.warning(
-                    "saga %s: could not read its workflow (%s); giving it back",
-                    saga_id,
-                    type(exc).__name__,
-                    extra=_about(item.state),
-                )
-                unadopted[saga_id] = item.lease_token
-                continue
-            if workflow is None:
-                log.error(
-                    "saga %s: workflow %s v%d is not in the store; leaving the saga",
-                    saga_id,
-                    item.state.workflow_name,
-                    item.state.workflow_version,
-                    extra=_about(item.state),
-                )
-                continue
-            run = _Run(item, workflow, self._tracing.run(item.state))
-            with self._runs_lock:
-                self._runs[saga_id] = run
-                metrics.IN_FLIGHT.set(len(self._runs))
-            self._advance(
-                run,
-                Resume(
-                    at=self._clock(),
-                    cancel_requested=item.cancel_requested,
-                    lease_expired=item.lease_expired,
-                    pause_requested=item.pause_requested,
-                ),
-            )
+        unadopted = {c.state.saga_id: c.lease_token for c in claimed if not self._begin(c)}
         if unadopted:
             try:
                 self._store.release(self.owner, unadopted)
             except Exception:
                 log.warning("could not give back %d sagas; their leases expire", len(unadopted))
+
+    def _begin(self, item: Claimed) -> bool:
+        """Run a saga this executor holds; False when it must be given back."""
+        saga_id = item.state.saga_id
+        try:
+            workflow = self._catalog.get(item.state.workflow_name, item.state.workflow_version)
+        except Exception as exc:
+            log.warning(
+                "saga %s: could not read its workflow (%s); giving it back",
+                saga_id,
+                type(exc).__name__,
+                extra=_about(item.state),
+            )
+            return False
+        if workflow is None:
+            log.error(
+                "saga %s: workflow %s v%d is not in the store; leaving the saga",
+                saga_id,
+                item.state.workflow_name,
+                item.state.workflow_version,
+                extra=_about(item.state),
+            )
+            return True
+        run = _Run(item, workflow, self._tracing.run(item.state))
+        with self._runs_lock:
+            self._runs[saga_id] = run
+            metrics.IN_FLIGHT.set(len(self._runs))
+        self._advance(
+            run,
+            Resume(
+                at=self._clock(),
+                cancel_requested=item.cancel_requested,
+                lease_expired=item.lease_expired,
+                pause_requested=item.pause_requested,
+            ),
+        )
+        return True
 
     # ---------------------------------------------------------------- threads
 

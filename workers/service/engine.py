@@ -250,20 +250,37 @@ class Engine:
                 [name, body, correlation, initiator], sort_keys=True, separators=(",", ":")
             )
             request_hash = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+        # With room in this process's executor, the saga is written leased to it and runs
+        # here at once: no claim, no other executor woken (SPEC §8: still one at a time).
+        executor = self.executor
+        lease = executor.start_lease() if executor is not None else None
+        taken = False
         try:
-            stored, stored_hash, created = self.store.create_saga(
-                state, idempotency_key=key, request_hash=request_hash, latest_version=True
-            )
-        except UnknownWorkflow:
-            raise NotFound(f"workflow not found: {name}") from None
-        if not created:
-            if stored_hash != request_hash:
-                raise Conflict("Idempotency-Key was already used with a different request")
-            return stored, False
-        metrics.SAGAS_STARTED.labels(name).inc()
-        if self.executor is not None:
-            self.executor.wake()
-        return stored, True
+            try:
+                stored, stored_hash, created = self.store.create_saga(
+                    state,
+                    idempotency_key=key,
+                    request_hash=request_hash,
+                    latest_version=True,
+                    lease=lease,
+                )
+            except UnknownWorkflow:
+                raise NotFound(f"workflow not found: {name}") from None
+            if not created:
+                if stored_hash != request_hash:
+                    raise Conflict("Idempotency-Key was already used with a different request")
+                return stored, False
+            metrics.SAGAS_STARTED.labels(name).inc()
+            if executor is not None:
+                if lease is not None:
+                    taken = True
+                    executor.take(stored)
+                else:
+                    executor.wake()
+            return stored, True
+        finally:
+            if executor is not None and lease is not None and not taken:
+                executor.unreserve()
 
     @property
     def _sample_ratio(self) -> float:

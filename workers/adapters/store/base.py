@@ -6,7 +6,9 @@ outbox. It never decides anything about a saga: it writes what `saga.decide` com
 
 Leases. An executor (`owner`, unique per executor instance) claims sagas; each claim bumps the
 saga's `lease_token`. Every write of an executor is fenced by (owner, token): a write from an
-executor whose lease was taken over changes nothing and reports `fenced`.
+executor whose lease was taken over changes nothing and reports `fenced`. A saga may also be
+created already leased (`create_saga(..., lease=...)`): the process that accepts a start runs
+it itself, with no claim, holding token `START_LEASE_TOKEN`.
 """
 
 from __future__ import annotations
@@ -54,6 +56,17 @@ class UnknownWorkflow(LookupError):
         super().__init__(name)
         self.name = name
 
+
+@frozen
+class StartLease:
+    """Create a saga already leased to `owner` for `lease_secs` (see `Store.create_saga`)."""
+
+    owner: str
+    lease_secs: float
+
+
+#: The token of the lease a saga is created with: the first one (every claim bumps it).
+START_LEASE_TOKEN = 1
 
 #: What `Store.wakeups` returns: call it to stop listening.
 StopListening = Callable[[], None]
@@ -165,6 +178,7 @@ class Store(abc.ABC):
         idempotency_key: str | None = None,
         request_hash: str | None = None,
         latest_version: bool = False,
+        lease: StartLease | None = None,
     ) -> tuple[SagaState, str | None, bool]:
         """Insert a new STARTED saga. With an idempotency key that already exists, insert
         nothing and return the existing saga. Returns (saga, stored request hash, created).
@@ -172,7 +186,10 @@ class Store(abc.ABC):
         With `latest_version`, the saga is written at the latest registered version of
         `state.workflow_name`, read in the same statement as the insert (one round trip for a
         start), whatever `state.workflow_version` says; `UnknownWorkflow` when there is none.
-        Every executor listening through `wakeups` is told a saga was created."""
+        Every executor listening through `wakeups` is told a saga was created, unless it was
+        created with a `lease`: then it is held by `lease.owner` with token `START_LEASE_TOKEN`
+        from the insert on (nobody else claims it before the lease expires, as if claimed),
+        and nobody is told."""
 
     @abc.abstractmethod
     def get_saga(self, saga_id: str, *, with_steps: bool = False) -> SagaState | None:

@@ -27,6 +27,7 @@ from saga.model import (
 )
 from workers.adapters.store.base import (
     MAX_RETENTION_BATCH,
+    START_LEASE_TOKEN,
     Claimed,
     CommitRequest,
     CommitResult,
@@ -36,6 +37,7 @@ from workers.adapters.store.base import (
     SagaFilter,
     SagaPage,
     SagaStats,
+    StartLease,
     StopListening,
     Store,
     UnknownWorkflow,
@@ -134,6 +136,7 @@ class MemoryStore(Store):
         idempotency_key: str | None = None,
         request_hash: str | None = None,
         latest_version: bool = False,
+        lease: StartLease | None = None,
     ) -> tuple[SagaState, str | None, bool]:
         with self._lock:
             if idempotency_key is not None and idempotency_key in self._keys:
@@ -145,11 +148,16 @@ class MemoryStore(Store):
                     raise UnknownWorkflow(state.workflow_name)
                 state = evolve(state, workflow_version=versions[-1].version)
             self._seq += 1
-            self._sagas[state.saga_id] = _Row(state, idempotency_key, request_hash, self._seq)
+            row = _Row(state, idempotency_key, request_hash, self._seq)
+            if lease is not None:
+                row.owner, row.token = lease.owner, START_LEASE_TOKEN
+                row.expires = self._clock() + lease.lease_secs
+            self._sagas[state.saga_id] = row
             if idempotency_key is not None:
                 self._keys[idempotency_key] = state.saga_id
             self._logs[state.saga_id] = []
-        self._tell()
+        if lease is None:
+            self._tell()
         return state, request_hash, True
 
     def get_saga(self, saga_id: str, *, with_steps: bool = False) -> SagaState | None:

@@ -59,6 +59,7 @@ from saga.model import (
 from workers.adapters.store.base import (
     MAX_RETENTION_BATCH,
     RETENTION_EVENTS_MARGIN_SECS,
+    START_LEASE_TOKEN,
     Claimed,
     CommitRequest,
     CommitResult,
@@ -68,6 +69,7 @@ from workers.adapters.store.base import (
     SagaFilter,
     SagaPage,
     SagaStats,
+    StartLease,
     StopListening,
     Store,
     StoreRefused,
@@ -122,13 +124,19 @@ _TERMINAL = sql_list(TERMINAL_STATUSES, order=("COMPLETED", "FAILED", "CANCELLED
 _CREATE_COLUMNS = """
     id, workflow_name, workflow_version, status, current_step, payload, correlation_id,
     initiated_by, error_message, created_at, updated_at, compensation,
-    idempotency_key, request_hash, trace_context"""
+    idempotency_key, request_hash, trace_context, lease_owner, lease_token, lease_expires_at"""
+
+# A saga started leased to the accepting executor (`StartLease`) holds the first token.
+_CREATE_LEASE = f"""
+        %(lease_owner)s, CASE WHEN %(lease_owner)s::text IS NULL THEN 0 ELSE {START_LEASE_TOKEN} END,
+        CASE WHEN %(lease_owner)s::text IS NULL THEN NULL
+             ELSE now() + make_interval(secs => %(lease_secs)s) END"""
 
 # Any conflict inserts nothing: on the idempotency key (another request's saga, read next), or
 # on the id, which only this request's earlier attempt can have written (ids are random), when
 # a broken connection lost its answer and the statement was sent again.
-# Every new saga tells the listening executors (`wakeups`): NOTIFY is sent at commit, only if
-# the row was inserted.
+# Every new saga not leased at its start tells the listening executors (`wakeups`): NOTIFY
+# is sent at commit, only if the row was inserted.
 _CREATE_SAGA = f"""
 WITH ins AS (
     INSERT INTO {{schema}}.saga_states ({_CREATE_COLUMNS})
@@ -136,11 +144,11 @@ WITH ins AS (
         %(id)s, %(workflow_name)s, %(workflow_version)s, %(status)s, %(current_step)s,
         %(payload)s, %(correlation_id)s, %(initiated_by)s, %(error_message)s, %(created_at)s,
         %(updated_at)s, %(compensation)s, %(idempotency_key)s, %(request_hash)s,
-        %(trace_context)s)
+        %(trace_context)s, {_CREATE_LEASE})
     ON CONFLICT DO NOTHING
     RETURNING {_STATE_COLUMNS}, request_hash
 ),
-told AS (SELECT pg_notify(%(channel)s, '') FROM ins)
+told AS (SELECT pg_notify(%(channel)s, '') FROM ins WHERE %(lease_owner)s::text IS NULL)
 SELECT ins.*, (SELECT count(*) FROM told) AS told FROM ins
 """
 
@@ -157,12 +165,12 @@ ins AS (
         %(id)s, %(workflow_name)s, wf.version, %(status)s, %(current_step)s,
         %(payload)s, %(correlation_id)s, %(initiated_by)s, %(error_message)s, %(created_at)s,
         %(updated_at)s, %(compensation)s, %(idempotency_key)s, %(request_hash)s,
-        %(trace_context)s
+        %(trace_context)s, {_CREATE_LEASE}
     FROM wf
     ON CONFLICT DO NOTHING
     RETURNING {_STATE_COLUMNS}, request_hash
 ),
-told AS (SELECT pg_notify(%(channel)s, '') FROM ins)
+told AS (SELECT pg_notify(%(channel)s, '') FROM ins WHERE %(lease_owner)s::text IS NULL)
 SELECT ins.*, (SELECT count(*) FROM told) AS told FROM ins
 """
 
@@ -880,6 +888,7 @@ class PostgresStore(Store):
         idempotency_key: str | None = None,
         request_hash: str | None = None,
         latest_version: bool = False,
+        lease: StartLease | None = None,
     ) -> tuple[SagaState, str | None, bool]:
         sid = uuid.UUID(state.saga_id)
         params = {
@@ -898,6 +907,8 @@ class PostgresStore(Store):
             "idempotency_key": idempotency_key,
             "request_hash": request_hash,
             "trace_context": state.trace_context,
+            "lease_owner": None if lease is None else lease.owner,
+            "lease_secs": 0.0 if lease is None else float(lease.lease_secs),
             "channel": self._channel,
         }
         statement = self._create_saga_latest if latest_version else self._create_saga

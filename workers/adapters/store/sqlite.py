@@ -46,6 +46,7 @@ from saga.model import (
 from workers.adapters.store.base import (
     MAX_RETENTION_BATCH,
     RETENTION_EVENTS_MARGIN_SECS,
+    START_LEASE_TOKEN,
     Claimed,
     CommitRequest,
     CommitResult,
@@ -55,6 +56,7 @@ from workers.adapters.store.base import (
     SagaFilter,
     SagaPage,
     SagaStats,
+    StartLease,
     StopListening,
     Store,
     StoreRefused,
@@ -117,10 +119,11 @@ _CREATE_SAGA = """
 INSERT INTO saga_states (
     id, workflow_name, workflow_version, current_step, status, payload, correlation_id,
     initiated_by, error_message, created_at, updated_at, idempotency_key, request_hash, seq,
-    trace_context)
+    trace_context, lease_owner, lease_token, lease_expires_at)
 VALUES (:id, :workflow_name, :workflow_version, :current_step, :status, :payload,
         :correlation_id, :initiated_by, :error_message, :created_at, :updated_at,
-        :idempotency_key, :request_hash, :seq, :trace_context)
+        :idempotency_key, :request_hash, :seq, :trace_context, :lease_owner, :lease_token,
+        :lease_expires_at)
 """
 _GET_SAGA = f"SELECT {STATE_COLUMNS} FROM saga_states WHERE id = ?"
 # Insertion order: logs are written when a step ends, by the one executor holding the saga.
@@ -328,15 +331,30 @@ def _event_values(commit: Commit, now: float) -> list[tuple[Any, ...]]:
 class _Start:
     """One `create_saga` call waiting for its group's transaction."""
 
-    __slots__ = ("state", "key", "request_hash", "latest_version", "done", "result", "error")
+    __slots__ = (
+        "state",
+        "key",
+        "request_hash",
+        "latest_version",
+        "lease",
+        "done",
+        "result",
+        "error",
+    )
 
     def __init__(
-        self, state: SagaState, key: str | None, request_hash: str | None, latest: bool
+        self,
+        state: SagaState,
+        key: str | None,
+        request_hash: str | None,
+        latest: bool,
+        lease: StartLease | None,
     ) -> None:
         self.state = state
         self.key = key
         self.request_hash = request_hash
         self.latest_version = latest
+        self.lease = lease
         self.done = threading.Event()
         self.result: tuple[SagaState, str | None, bool] | None = None
         self.error: BaseException | None = None
@@ -554,12 +572,13 @@ class SqliteStore(Store):
         idempotency_key: str | None = None,
         request_hash: str | None = None,
         latest_version: bool = False,
+        lease: StartLease | None = None,
     ) -> tuple[SagaState, str | None, bool]:
         """Starts are written in groups (group commit): the first start to arrive takes the
         write lock, and every start that arrives while it waits for it is written in the same
         transaction, each under a savepoint of its own (one start's error is its own). Under
         load this turns a queue of starts for the one write lock into one turn."""
-        item = _Start(state, idempotency_key, request_hash, latest_version)
+        item = _Start(state, idempotency_key, request_hash, latest_version, lease)
         with self._starts_lock:
             self._starts.append(item)
             lead = not self._starts_leader
@@ -592,7 +611,9 @@ class SqliteStore(Store):
                     each.result, each.error = None, exc
                     each.done.set()
                 raise
-            if any(each.result is not None and each.result[2] for each in group):
+            if any(
+                each.result is not None and each.result[2] and each.lease is None for each in group
+            ):
                 self._wakes.tell()
             for each in group:
                 each.done.set()
@@ -615,6 +636,7 @@ class SqliteStore(Store):
                 raise UnknownWorkflow(state.workflow_name)
             state = evolve(state, workflow_version=version)
         seq = conn.execute(_NEXT_SEQ).fetchone()["seq"]
+        lease = item.lease
         conn.execute(
             _CREATE_SAGA,
             {
@@ -633,6 +655,9 @@ class SqliteStore(Store):
                 "request_hash": request_hash,
                 "seq": seq,
                 "trace_context": state.trace_context,
+                "lease_owner": None if lease is None else lease.owner,
+                "lease_token": 0 if lease is None else START_LEASE_TOKEN,
+                "lease_expires_at": None if lease is None else self._clock() + lease.lease_secs,
             },
         )
         return state, request_hash, True
