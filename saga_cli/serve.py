@@ -1,11 +1,10 @@
 """`saga serve`: REST (gunicorn) + gRPC + saga execution in one command, with clean shutdown.
 
-This process runs the gRPC server and an executor; gunicorn runs the REST workers as its
-children. On PostgreSQL each REST worker has an executor of its own too (`rest_executes`): a
-saga started through REST runs in the worker that accepted it, leased to it from the insert,
-with no claim, while that worker has room (`saga.max_concurrent` per process); past that it
-waits in the store and the first executor with room claims it (woken at once). On SQLite the
-REST workers only serve: the executor here claims what they start, woken at once.
+This process runs the gRPC server and the executor; gunicorn runs the REST workers as its
+children. They only serve: the executor here is woken by each start they write and claims it
+at once, and runs a gRPC start (accepted in this process) with no claim at all. REST workers
+that executed too were measured on 2 cores: no more completed sagas/s, twice the start
+latency (their request threads and the executor share one interpreter lock).
 Everything shares one store, so no state lives in a single process.
 
 With `saga.demo_participants` (config/config.yaml: what `make run` runs) and no `services` of
@@ -63,15 +62,6 @@ def rest_url(config: Config) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{config.server.port}"
-
-
-def rest_executes(config: Config) -> bool:
-    """Whether the REST workers of `saga serve` execute sagas too. On PostgreSQL they do: the
-    executors' work spreads over the processes (measured: about a fifth more completed sagas/s
-    on 2 cores). On SQLite every write of every process takes the file's one write turn, so
-    more executing processes only mean more turns for a start to wait behind (measured: no
-    more sagas/s, twice the start p99): there the one executor of this process runs them."""
-    return config.saga.execute and config.postgres_url is not None
 
 
 def start_demo_participants(config: Config) -> DemoParticipants | None:
@@ -148,7 +138,7 @@ def _run(config: Config) -> int:
         {
             "SAGA_SERVER_HOST": config.server.host,
             "SAGA_SERVER_PORT": str(config.server.port),
-            "SAGA_SAGA_EXECUTE": "true" if rest_executes(config) else "false",
+            "SAGA_SAGA_EXECUTE": "false",
             "SAGA_SAGA_SQLITE_PATH": str(Path(config.saga.sqlite_path).resolve()),
             "SAGA_SAGA_WORKFLOW_DIR": str(Path(config.saga.workflow_dir).resolve()),
         }

@@ -151,10 +151,9 @@ def test_kill_9_in_the_middle_of_a_step(world_factory: Any) -> None:
 
 
 def test_kill_9_of_saga_serve_while_the_sagas_it_accepted_run(world_factory: Any) -> None:
-    """`saga serve` runs the sagas started through its REST API itself (on PostgreSQL in the
-    REST worker that accepted each, leased from the insert); kill -9 of all its processes
-    while 20 wait on step 2; a worker started afterwards finishes all: COMPLETED, logs once,
-    effects once."""
+    """`saga serve` runs the sagas started through its REST API itself; kill -9 of all its
+    processes while 20 wait on step 2; a worker started afterwards finishes all: COMPLETED,
+    logs once, effects once."""
     rest, grpc_port = free_port(), free_port()
     world = world_factory(
         {"Payment.Charge": {"sleep_ms": 1500}},

@@ -263,3 +263,29 @@ def test_a_commit_the_store_refuses_does_not_hold_other_sagas_back(tmp_path: Pat
             running.close()
     finally:
         proc.stop()
+
+
+def test_a_process_that_executes_runs_the_sagas_it_starts_with_no_claim(
+    world: tuple[Engine, ParticipantProcess],
+) -> None:
+    """A start accepted by a process that executes is written leased to its executor and runs
+    there: ten sagas complete and the executor makes no claim that finds any of them (claims
+    are the safety net of sagas started elsewhere)."""
+    engine, _ = world
+    assert engine.executor is not None
+    store = engine.store
+    found: list[int] = []
+    real_claim = store.claim
+
+    def counting_claim(owner: str, limit: int, lease_secs: float) -> Any:
+        got = real_claim(owner, limit, lease_secs)
+        found.append(len(got))
+        return got
+
+    store.claim = counting_claim  # type: ignore[method-assign]
+    ids = [engine.start_saga("three", {"n": i})[0].saga_id for i in range(10)]
+    for saga_id in ids:
+        state, logs = finish(engine, saga_id)
+        assert state.status is SagaStatus.COMPLETED
+        assert len(logs) == 3
+    assert sum(found) == 0, found
