@@ -109,6 +109,16 @@ def assert_logs_exactly(results: list[Any], expected: list[tuple[str, str, str]]
         assert len({g.id for g in logs}) == len(logs)
 
 
+def assert_each_charge_sent_twice(world: World) -> None:
+    """Each charge was in flight at the crash and re-sent once after it, with the same key."""
+    charges = Counter(
+        c["metadata"]["idempotency-key"]
+        for c in world.participant.calls()
+        if c["path"] == "/Payment/Charge"
+    )
+    assert set(charges.values()) == {2}, "each charge was re-sent once after the crash, same key"
+
+
 def recovered_in_log(worker: WorkerProcess) -> int:
     """The sagas a worker said it recovered (at start, and as leases expired later)."""
     return sum(int(n) for n in re.findall(r"recovered (\d+) sagas", worker.log_text()))
@@ -134,17 +144,9 @@ def test_kill_9_in_the_middle_of_a_step(world_factory: Any) -> None:
     second = world.worker()
     results = world.all_ended(ids, 60)
     assert all(state.status is SagaStatus.COMPLETED for state, _ in results)
-    assert_logs_exactly(
-        results,
-        COMPLETED_TRAIL,
-    )
+    assert_logs_exactly(results, COMPLETED_TRAIL)
     assert_applied_once(world)
-    charges = Counter(
-        c["metadata"]["idempotency-key"]
-        for c in world.participant.calls()
-        if c["path"] == "/Payment/Charge"
-    )
-    assert set(charges.values()) == {2}, "each charge was re-sent once after the crash, same key"
+    assert_each_charge_sent_twice(world)
     wait_until(
         lambda: recovered_in_log(second) == 20, 10, what="recovery log lines adding up to 20"
     )
@@ -199,12 +201,7 @@ def test_kill_9_of_saga_serve_while_the_sagas_it_accepted_run(world_factory: Any
     assert all(state.status is SagaStatus.COMPLETED for state, _ in results)
     assert_logs_exactly(results, COMPLETED_TRAIL)
     assert_applied_once(world)
-    charges = Counter(
-        c["metadata"]["idempotency-key"]
-        for c in world.participant.calls()
-        if c["path"] == "/Payment/Charge"
-    )
-    assert set(charges.values()) == {2}, "each charge was re-sent once after the crash, same key"
+    assert_each_charge_sent_twice(world)
 
 
 def test_kill_9_in_the_middle_of_compensation(world_factory: Any) -> None:

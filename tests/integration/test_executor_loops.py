@@ -8,6 +8,8 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,19 +32,28 @@ class AnsweringCaller:
         done(CallResult(True, {"ok": True}, None, "", 1.0, 11))
 
 
-def _saga(store: Any, wf: Workflow) -> str:
-    saga_id = str(uuid.uuid4())
-    store.create_saga(
-        new_saga(
-            saga_id=saga_id,
-            workflow=wf,
-            payload={},
-            correlation_id=None,
-            initiated_by=None,
-            at=datetime.now(UTC),
-        )
+def _new_state(wf: Workflow) -> Any:
+    return new_saga(
+        saga_id=str(uuid.uuid4()),
+        workflow=wf,
+        payload={},
+        correlation_id=None,
+        initiated_by=None,
+        at=datetime.now(UTC),
     )
-    return saga_id
+
+
+def _saga(store: Any, wf: Workflow) -> str:
+    state = _new_state(wf)
+    store.create_saga(state)
+    return str(state.saga_id)
+
+
+def _polling_a_minute(store: Any, caller: Any, **kw: Any) -> Executor:
+    """An executor whose claim poll never comes during a test: only wake-ups make it claim."""
+    return Executor(
+        store, WorkflowCatalog(store), caller, claim_interval_secs=60, lease_secs=30, **kw
+    )
 
 
 def _ended(store: Any, saga_id: str) -> bool:
@@ -193,21 +204,28 @@ class CountingClaims(MemoryStore):
         return got
 
 
+@contextmanager
+def _running(caller: Any, **kw: Any) -> Iterator[tuple[CountingClaims, Workflow, Executor]]:
+    """A started `_polling_a_minute` executor on a `CountingClaims` store, past its first
+    claim (which finds nothing); stopped at the end."""
+    store = CountingClaims()
+    wf = store.register_workflow(WF)
+    ex = _polling_a_minute(store, caller, **kw)
+    ex.start()
+    try:
+        wait_until(lambda: len(store.claims) == 1, timeout=5, what="the first claim")
+        yield store, wf, ex
+    finally:
+        ex.stop(0.5)
+
+
 def test_an_idle_executor_claims_a_started_saga_at_once_and_only_then(monkeypatch: Any) -> None:
     """On an executor polling once a minute, a saga started right after a claim that found
     nothing is claimed as soon as the executor is woken (the gap between claims is for load),
     and a saga that ends on an executor with room left sets off no claim of its own (each
     would be a write transaction finding nothing)."""
     monkeypatch.setattr("workers.interpreter.executor._CLAIM_GAP_SECS", 0.5)
-    store = CountingClaims()
-    wf = store.register_workflow(WF)
-    ex = Executor(
-        store, WorkflowCatalog(store), AnsweringCaller(),  # type: ignore[arg-type]
-        claim_interval_secs=60, lease_secs=30,
-    )  # fmt: skip
-    ex.start()
-    try:
-        wait_until(lambda: len(store.claims) == 1, timeout=5, what="the first claim")
+    with _running(AnsweringCaller()) as (store, wf, ex):
         for round_ in range(3):
             if round_:
                 time.sleep(0.6)  # the gap after the last claim that found a saga is over
@@ -222,23 +240,13 @@ def test_an_idle_executor_claims_a_started_saga_at_once_and_only_then(monkeypatc
             assert time.monotonic() - woken < 0.25, "the claim waited for the gap"
         time.sleep(0.1)
         assert [n for _, n in store.claims] == [0, 1, 0, 1, 0, 1]
-    finally:
-        ex.stop(1)
 
 
 def test_a_claim_that_found_sagas_makes_the_next_one_wait_for_the_gap(monkeypatch: Any) -> None:
     """Under load (the last claim found sagas) the claimer waits out the gap before the next
     claim, so the sagas started meanwhile are claimed together."""
     monkeypatch.setattr("workers.interpreter.executor._CLAIM_GAP_SECS", 0.4)
-    store = CountingClaims()
-    wf = store.register_workflow(WF)
-    ex = Executor(
-        store, WorkflowCatalog(store), AnsweringCaller(),  # type: ignore[arg-type]
-        claim_interval_secs=60, lease_secs=30,
-    )  # fmt: skip
-    ex.start()
-    try:
-        wait_until(lambda: len(store.claims) == 1, timeout=5, what="the first claim")
+    with _running(AnsweringCaller()) as (store, wf, ex):
         first = _saga(store, wf)
         ex.wake()
         wait_until(lambda: _ended(store, first), timeout=5, what="the first saga to end")
@@ -249,8 +257,6 @@ def test_a_claim_that_found_sagas_makes_the_next_one_wait_for_the_gap(monkeypatc
         (t1, n1), (t2, n2) = store.claims[1:3]
         assert (n1, n2) == (1, 3)
         assert t2 - t1 >= 0.35
-    finally:
-        ex.stop(1)
 
 
 def test_a_full_executor_claims_the_next_saga_as_soon_as_one_ends() -> None:
@@ -267,10 +273,7 @@ def test_a_full_executor_claims_the_next_saga_as_soon_as_one_ends() -> None:
 
     store = CountingClaims()
     wf = store.register_workflow(WF)
-    ex = Executor(
-        store, WorkflowCatalog(store), SlowCaller(),  # type: ignore[arg-type]
-        claim_interval_secs=60, lease_secs=30, max_concurrent=1,
-    )  # fmt: skip
+    ex = _polling_a_minute(store, SlowCaller(), max_concurrent=1)
     sagas = [_saga(store, wf) for _ in range(4)]
     ex.start()
     try:
@@ -280,29 +283,10 @@ def test_a_full_executor_claims_the_next_saga_as_soon_as_one_ends() -> None:
         ex.stop(1)
 
 
-def _new_state(wf: Workflow) -> Any:
-    return new_saga(
-        saga_id=str(uuid.uuid4()),
-        workflow=wf,
-        payload={},
-        correlation_id=None,
-        initiated_by=None,
-        at=datetime.now(UTC),
-    )
-
-
 def test_a_saga_started_with_the_executors_lease_runs_with_no_claim() -> None:
     """Accept and run: a start written with `start_lease()` and handed to `take` runs to its
     end in this executor, and no claim statement is made for it."""
-    store = CountingClaims()
-    wf = store.register_workflow(WF)
-    ex = Executor(
-        store, WorkflowCatalog(store), AnsweringCaller(),  # type: ignore[arg-type]
-        claim_interval_secs=60, lease_secs=30,
-    )  # fmt: skip
-    ex.start()
-    try:
-        wait_until(lambda: len(store.claims) == 1, timeout=5, what="the first claim")
+    with _running(AnsweringCaller()) as (store, wf, ex):
         for _ in range(3):
             lease = ex.start_lease()
             assert lease is not None and lease.owner == ex.owner
@@ -312,41 +296,30 @@ def test_a_saga_started_with_the_executors_lease_runs_with_no_claim() -> None:
             wait_until(lambda: _ended(store, state.saga_id), timeout=5, what="the saga to end")  # noqa: B023
         time.sleep(0.1)
         assert [n for _, n in store.claims] == [0]
-    finally:
-        ex.stop(1)
 
 
 def test_start_leases_keep_room_within_max_concurrent() -> None:
     """`start_lease` keeps a place among `max_concurrent` until `take` or `unreserve`: never
     more sagas held (or about to be) than the bound, and claims leave room for them."""
-    store = CountingClaims()
-    wf = store.register_workflow(WF)
 
     class SilentCaller:
         def call_async(self, *args: Any) -> None:  # never answers: the saga stays held
             pass
 
-    ex = Executor(
-        store, WorkflowCatalog(store), SilentCaller(),  # type: ignore[arg-type]
-        claim_interval_secs=60, lease_secs=30, max_concurrent=2,
-    )  # fmt: skip
-    ex.start()
-    try:
-        wait_until(lambda: len(store.claims) == 1, timeout=5, what="the first claim")
+    with _running(SilentCaller(), max_concurrent=2) as (store, wf, ex):
         first, second = ex.start_lease(), ex.start_lease()
         assert first is not None and second is not None
         assert ex.start_lease() is None, "a third start leased past max_concurrent 2"
-        _saga(store, wf)  # started by another process
-        assert ex.claim_once() == (0, 0), "a claim took the room kept for the starts"
-        ex.unreserve()
+        waiting = _saga(store, wf)  # started by another process: it wakes the claimer
         state, _, _ = store.create_saga(_new_state(wf), lease=first)
         ex.take(state)
-        assert ex.held() == 1
-        assert ex.claim_once() == (1, 1)
-        assert ex.held() == 2  # the started saga and the one claimed
+        assert ex.claim_once() == (0, 0), "a claim took the room kept for a start"
+        time.sleep(0.1)
+        assert ex.held() == 1 and store.claims[-1][1] == 0
+        ex.unreserve()  # the second start wrote nothing: its room goes to the waiting saga
+        wait_until(lambda: ex.held() == 2, timeout=5, what="the waiting saga to be claimed")
+        assert sum(n for _, n in store.claims) == 1 and waiting in ex._runs
         assert ex.start_lease() is None
-    finally:
-        ex.stop(0.1)
 
 
 def test_a_start_leased_while_the_executor_stops_is_given_back() -> None:
@@ -354,10 +327,7 @@ def test_a_start_leased_while_the_executor_stops_is_given_back() -> None:
     once: another executor claims the saga without waiting for the lease to expire."""
     store = MemoryStore()
     wf = store.register_workflow(WF)
-    ex = Executor(
-        store, WorkflowCatalog(store), AnsweringCaller(),  # type: ignore[arg-type]
-        claim_interval_secs=60, lease_secs=30,
-    )  # fmt: skip
+    ex = _polling_a_minute(store, AnsweringCaller())
     ex.start()
     lease = ex.start_lease()
     assert lease is not None

@@ -183,6 +183,7 @@ def make_saga(
     correlation_id: str | None = None,
     initiated_by: str | None = None,
     saga_id: str | None = None,
+    lease: StartLease | None = None,
 ) -> SagaState:
     state = new_saga(
         saga_id=saga_id or str(uuid.uuid4()),
@@ -192,7 +193,7 @@ def make_saga(
         initiated_by=initiated_by,
         at=at,
     )
-    saved, _hash, created = store.create_saga(state)
+    saved, _hash, created = store.create_saga(state, lease=lease)
     assert created
     assert saved == state
     return state
@@ -1332,26 +1333,12 @@ def test_claim_says_whether_the_last_lease_was_given_back(
     assert (own.lease_expired, own.taken_over) == (True, False)
 
 
-def _leased_start(store: Store, wf: Workflow, clock: Clock, owner: str, secs: float) -> SagaState:
-    state = new_saga(
-        saga_id=str(uuid.uuid4()),
-        workflow=wf,
-        payload={"order_id": "o-1"},
-        correlation_id=None,
-        initiated_by=None,
-        at=clock(),
-    )
-    saved, _hash, created = store.create_saga(state, lease=StartLease(owner, secs))
-    assert created and saved == state
-    return state
-
-
 def test_a_saga_started_with_a_lease_is_held_by_its_owner_from_the_insert(
     store: Store, wf: Workflow, clock: Clock
 ) -> None:
     """`create_saga(..., lease=...)`: nobody else claims the saga while the lease runs; its
     owner drives it with token START_LEASE_TOKEN (renew and commits are not fenced) to its end."""
-    saga = _leased_start(store, wf, clock, "ex-1", LONG)
+    saga = make_saga(store, wf, clock(), lease=StartLease("ex-1", LONG))
     unleased = make_saga(store, wf, clock())
     assert claimed_ids(store, "ex-2") == [unleased.saga_id]
     assert store.renew("ex-1", {saga.saga_id: START_LEASE_TOKEN}, LONG) == {saga.saga_id}
@@ -1371,7 +1358,7 @@ def test_a_leased_start_whose_owner_died_is_taken_over_when_the_lease_expires(
     """The accepting process died before running the saga: after the lease, another executor
     claims it, as a take-over of a lease never given back, still STARTED; the dead owner's
     token is fenced from then on."""
-    saga = _leased_start(store, wf, clock, "ex-1", SHORT)
+    saga = make_saga(store, wf, clock(), lease=StartLease("ex-1", SHORT))
     assert claimed_ids(store, "ex-2") == []
     time.sleep(PAST_SHORT)
     taken = claim_one(store, "ex-2", saga.saga_id)

@@ -236,9 +236,13 @@ class Executor:
         return StartLease(self.owner, self._lease)
 
     def unreserve(self) -> None:
-        """The start a `start_lease` was for wrote no saga leased to this executor."""
+        """The start a `start_lease` was for wrote no saga leased to this executor. Its room
+        goes to the sagas waiting in the store, if the executor was full."""
         with self._runs_lock:
+            was_full = len(self._runs) + self._reserved >= self._max
             self._reserved -= 1
+        if was_full and not self._draining:
+            self._wake.set()
 
     def take(self, state: SagaState) -> None:
         """Run the saga just created with this executor's `start_lease` (token
