@@ -207,3 +207,21 @@ def step(
         doc["compensate"] = compensate
     doc.update(extra)
     return doc
+
+
+def fresh_saga(workflow: Any, **fields: Any) -> Any:
+    """A new STARTED saga of `workflow` (random id, empty payload, now), as a start writes it;
+    `fields` are passed on to `new_saga` (a payload, a trace context, ...)."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from saga.model import new_saga
+
+    defaults: dict[str, Any] = {
+        "saga_id": str(uuid.uuid4()),
+        "payload": {},
+        "correlation_id": None,
+        "initiated_by": None,
+        "at": datetime.now(UTC),
+    }
+    return new_saga(workflow=workflow, **{**defaults, **fields})

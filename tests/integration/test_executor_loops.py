@@ -7,15 +7,13 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from saga.model import Step, Workflow, new_saga
-from tests.harness import wait_until
+from saga.model import Step, Workflow
+from tests.harness import fresh_saga, wait_until
 from workers.adapters.participant import CallResult
 from workers.adapters.store.memory import MemoryStore
 from workers.adapters.store.sqlite import SqliteStore
@@ -32,19 +30,8 @@ class AnsweringCaller:
         done(CallResult(True, {"ok": True}, None, "", 1.0, 11))
 
 
-def _new_state(wf: Workflow) -> Any:
-    return new_saga(
-        saga_id=str(uuid.uuid4()),
-        workflow=wf,
-        payload={},
-        correlation_id=None,
-        initiated_by=None,
-        at=datetime.now(UTC),
-    )
-
-
 def _saga(store: Any, wf: Workflow) -> str:
-    state = _new_state(wf)
+    state = fresh_saga(wf)
     store.create_saga(state)
     return str(state.saga_id)
 
@@ -290,7 +277,7 @@ def test_a_saga_started_with_the_executors_lease_runs_with_no_claim() -> None:
         for _ in range(3):
             lease = ex.start_lease()
             assert lease is not None and lease.owner == ex.owner
-            state, _, created = store.create_saga(_new_state(wf), lease=lease)
+            state, _, created = store.create_saga(fresh_saga(wf), lease=lease)
             assert created
             ex.take(state)
             wait_until(lambda: _ended(store, state.saga_id), timeout=5, what="the saga to end")  # noqa: B023
@@ -311,7 +298,7 @@ def test_start_leases_keep_room_within_max_concurrent() -> None:
         assert first is not None and second is not None
         assert ex.start_lease() is None, "a third start leased past max_concurrent 2"
         waiting = _saga(store, wf)  # started by another process: it wakes the claimer
-        state, _, _ = store.create_saga(_new_state(wf), lease=first)
+        state, _, _ = store.create_saga(fresh_saga(wf), lease=first)
         ex.take(state)
         assert ex.claim_once() == (0, 0), "a claim took the room kept for a start"
         time.sleep(0.1)
@@ -331,7 +318,7 @@ def test_a_start_leased_while_the_executor_stops_is_given_back() -> None:
     ex.start()
     lease = ex.start_lease()
     assert lease is not None
-    state, _, _ = store.create_saga(_new_state(wf), lease=lease)
+    state, _, _ = store.create_saga(fresh_saga(wf), lease=lease)
     ex.stop(0.5)
     assert ex.start_lease() is None
     ex.take(state)

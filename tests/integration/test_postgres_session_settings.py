@@ -8,16 +8,15 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from saga.model import Step, Workflow, new_saga
+from saga.model import Step, Workflow
 from tests.e2e.conftest import fresh_database
-from tests.harness import free_port, wait_until, write_config
+from tests.harness import free_port, fresh_saga, wait_until, write_config
 from tests.services import require_postgres
 from workers.adapters.store.postgres import PostgresStore
 from workers.config import ConfigError, load_config
@@ -98,14 +97,7 @@ def test_store_call_stuck_on_a_lock_is_cancelled(tmp_path: Path, pg_url: str) ->
     workflow = schema_store.register_workflow(
         Workflow(f"lock-{uuid.uuid4().hex[:8]}", (Step("a", "svc", "Svc.A"),))
     )
-    saga = new_saga(
-        saga_id=str(uuid.uuid4()),
-        workflow=workflow,
-        payload={},
-        correlation_id=None,
-        initiated_by=None,
-        at=datetime.now(UTC),
-    )
+    saga = fresh_saga(workflow)
     schema_store.create_saga(saga)
     outcome: list[BaseException | object] = []
     locker = psycopg.connect(pg_url)

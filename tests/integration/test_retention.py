@@ -38,6 +38,7 @@ from saga.events import (
     StepSucceeded,
 )
 from saga.model import SagaState, SagaStatus, Step, Workflow, new_saga
+from tests.harness import fresh_saga
 from tests.services import require_postgres
 from workers.adapters.store.base import CommitRequest, DeleteEnded, Store
 from workers.config import ConfigError, load_config
@@ -302,14 +303,7 @@ def test_only_terminal_sagas_ended_before_the_cutoff_are_deleted(backing: Backin
     assert not {s.saga_id for s in old} & set(events_after)
     assert events_after == {k: v for k, v in events_before.items() if k in before}
     # The idempotency key went with its saga: the same key starts a new saga now.
-    fresh = new_saga(
-        saga_id=str(uuid.uuid4()),
-        workflow=wf,
-        payload={},
-        correlation_id=None,
-        initiated_by=None,
-        at=datetime.now(UTC),
-    )
+    fresh = fresh_saga(wf)
     _, _, created = store.create_saga(fresh, idempotency_key=f"key-{old[0].saga_id}")
     assert created
     assert counter("saga_retention_deleted_total") - deleted_before == len(old)

@@ -8,9 +8,7 @@ import json
 import random
 import re
 import threading
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,14 @@ from werkzeug.serving import make_server
 from saga_grpc.gen.k1s0.system.saga.v1 import saga_pb2, saga_pb2_grpc
 from saga_grpc.server import build_server
 from saga_http.app import create_app
-from tests.harness import ParticipantProcess, step, wait_until, workflow_file, write_config
+from tests.harness import (
+    ParticipantProcess,
+    fresh_saga,
+    step,
+    wait_until,
+    workflow_file,
+    write_config,
+)
 from tests.otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
 from workers.adapters import tracing
 from workers.config import ConfigError, load_config
@@ -550,7 +555,7 @@ def test_the_export_is_byte_for_byte_what_the_sdk_sends() -> None:
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
     from saga.events import CallParticipant
-    from saga.model import Action, SagaStatus, StepLog, StepStatus, new_saga
+    from saga.model import Action, SagaStatus, StepLog, StepStatus
     from saga.workflow import parse_workflow
     from workers.adapters.participant import CallResult
 
@@ -563,15 +568,7 @@ def test_the_export_is_byte_for_byte_what_the_sdk_sends() -> None:
     ok = CallResult(True, {}, None, "", 1.0)
 
     def saga(traceparent: str | None, tracestate: str | None = None) -> Any:
-        return new_saga(
-            saga_id=str(uuid.uuid4()),
-            workflow=workflow,
-            payload={},
-            correlation_id=None,
-            initiated_by=None,
-            at=datetime.now(UTC),
-            trace_context=tracing.start_context(traceparent, tracestate),
-        )
+        return fresh_saga(workflow, trace_context=tracing.start_context(traceparent, tracestate))
 
     def attempt(run: Any, state: Any, i: int, action: Action, n: int, result: Any) -> None:
         call = CallParticipant(
