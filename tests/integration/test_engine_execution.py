@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from saga.errors import NotFound
 from saga.model import Action, SagaStatus, StepStatus
 from tests.harness import ParticipantProcess, step, wait_until, workflow_file, write_config
 from workers.config import load_config
@@ -289,3 +290,48 @@ def test_a_process_that_executes_runs_the_sagas_it_starts_with_no_claim(
         assert state.status is SagaStatus.COMPLETED
         assert len(logs) == 3
     assert sum(found) == 0, found
+
+
+def test_starts_that_write_nothing_give_their_room_back(tmp_path: Path) -> None:
+    """With `max_concurrent` 1, a start the store refuses, one for an unknown workflow and a
+    replay of an idempotency key each keep the executor's one place only while they run: the
+    sagas started after them still run (a place kept for good would leave every later saga
+    waiting in the store forever: nothing claims past `max_concurrent`)."""
+    proc = ParticipantProcess({}, tmp_path)
+    workflow_file(tmp_path / "wf", "three", WORKFLOW_STEPS)
+    config = load_config(
+        str(
+            write_config(
+                tmp_path / "c.yaml", port=proc.port, workflow_dir=tmp_path / "wf", max_concurrent=1
+            )
+        ),
+        environ={},
+    )
+    engine = Engine.from_config(config, execute=True)
+    engine.start()
+    try:
+        real_create = engine.store.create_saga
+        refusals = {"left": 1}
+
+        def refusing_once(*args: Any, **kw: Any) -> Any:
+            if refusals["left"]:
+                refusals["left"] -= 1
+                raise ConnectionError("store went away")
+            return real_create(*args, **kw)
+
+        engine.store.create_saga = refusing_once  # type: ignore[method-assign]
+        with pytest.raises(ConnectionError):
+            engine.start_saga("three", {"n": 0})
+        with pytest.raises(NotFound):
+            engine.start_saga("no-such-workflow", {})
+        first, created = engine.start_saga("three", {"n": 1}, idempotency_key="k-1")
+        assert created
+        assert finish(engine, first.saga_id)[0].status is SagaStatus.COMPLETED
+        again, created = engine.start_saga("three", {"n": 1}, idempotency_key="k-1")
+        assert not created and again.saga_id == first.saga_id
+        later = [engine.start_saga("three", {"n": i})[0].saga_id for i in range(2, 5)]
+        for saga_id in later:
+            assert finish(engine, saga_id)[0].status is SagaStatus.COMPLETED
+    finally:
+        engine.close()
+        proc.stop()
